@@ -1,0 +1,1 @@
+"""Command-line entry points (`qsmnet`, `qsmnet-train`): argument parsing and messages only."""
