@@ -1,1 +1,31 @@
-"""See ARCHITECTURE.md for what lives here."""
+"""Training: LightningModule, losses and ``train(cfg)``. Imports models, data and metrics.
+
+Lightning is imported lazily (``train`` and ``QSMLitModule`` on first use), so importing the losses
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from .losses import QSMLoss, gradient_difference_loss, l1_loss, l2_loss, model_loss
+
+__all__ = [
+    "QSMLitModule",
+    "QSMLoss",
+    "gradient_difference_loss",
+    "l1_loss",
+    "l2_loss",
+    "model_loss",
+    "train",
+]
+
+
+def __getattr__(name):
+    if name == "QSMLitModule":
+        from .module import QSMLitModule
+
+        return QSMLitModule
+    if name == "train":
+        from .train import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

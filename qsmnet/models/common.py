@@ -1,0 +1,108 @@
+"""Pieces shared by the networks: geometry handling, the Tikhonov initial estimate, a small CNN.
+
+Every network answers ``net(field, mask, geometry) -> chi`` with
+
+    field: (B, 1, X, Y, Z) local field in ppm,
+    mask:  (B, 1, X, Y, Z) brain mask (0/1),
+    geometry: one :class:`~qsmnet.physics.Geometry` per sample (a tuple of B; a single Geometry is
+        accepted for B = 1 or for a batch sharing one geometry),
+    chi:   (B, 1, X, Y, Z) susceptibility in ppm, zero outside the mask.
+
+Scaling: fields are ~0.01-0.1 ppm, so the CNN parts work on ``scale * ppm`` (a fixed, configured
+factor, default 10, so that typical brain values are O(1)); the data-consistency parts work in ppm.
+No per-sample statistics are used, so a network's output is linear in nothing but its physics and
+its behaviour does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from qsmnet.physics import DipoleOperator, Geometry
+
+
+def as_geometries(geometry: Geometry | Sequence[Geometry], field: torch.Tensor) -> list[Geometry]:
+    """One Geometry per batch sample, with the shape checked against ``field`` (B, 1, X, Y, Z)."""
+    if field.dim() != 5 or field.shape[1] != 1:
+        raise ValueError(f"field must be (B, 1, X, Y, Z), got {tuple(field.shape)}")
+    b = field.shape[0]
+    geoms = [geometry] if isinstance(geometry, Geometry) else list(geometry)
+    if len(geoms) == 1 and b > 1:
+        geoms = geoms * b
+    if len(geoms) != b:
+        raise ValueError(f"{len(geoms)} geometries for a batch of {b}")
+    shape = tuple(field.shape[-3:])
+    # The network sees the tensor it is given (a patch may be cut from a larger volume): only
+    # voxel size and B0 direction matter, so take the shape from the tensor.
+    return [g if g.shape == shape else g.with_(shape=shape) for g in geoms]
+
+
+def make_operator(geometry, field: torch.Tensor, pad=0) -> DipoleOperator:
+    """A :class:`DipoleOperator` for the batch ``field``'s geometries, on its device."""
+    geoms = as_geometries(geometry, field)
+    if all(g == geoms[0] for g in geoms):
+        geoms = geoms[:1]  # one kernel broadcasts over the batch
+    return DipoleOperator(geoms, pad=pad).to(field.device)
+
+
+def tikhonov(op: DipoleOperator, field: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """Closed-form Tikhonov estimate ``argmin ||A x - f||^2 + lam ||x||^2 = F^-1[D/(D^2+lam) F f]``.
+
+    Args:
+        op: the batch's operator.
+        field: (B, 1, X, Y, Z) field in ppm (masked by the caller).
+        lam: regularisation weight (> 0); a tensor keeps it learnable.
+
+    Returns:
+        (B, 1, X, Y, Z) chi estimate in ppm. It uses each sample's B0 direction and voxel size,
+        which is what makes the networks geometry-aware.
+    """
+    d = op.kernel
+    return op.filter(field, d / (d * d + lam))
+
+
+class ResidualCNN(nn.Module):
+    """Small residual CNN denoiser ``x -> x + conv_net(x)``: the learned prior of the unrolled nets.
+
+    Args:
+        in_channels: channels of the input (1 for a chi estimate, more for extra guidance).
+        features: channels of the hidden layers.
+        depth: number of 3x3x3 convolutions (>= 2).
+        act: activation, a ``torch.nn`` class name (e.g. "LeakyReLU", "ReLU", "GELU").
+
+    The residual is added to the first input channel; the output has one channel.
+    The last layer starts at zero, so an untrained block is the identity.
+    """
+
+    def __init__(self, in_channels: int = 1, features: int = 16, depth: int = 4, act: str = "LeakyReLU"):
+        super().__init__()
+        if depth < 2:
+            raise ValueError("ResidualCNN needs depth >= 2")
+        layers: list[nn.Module] = []
+        ch = in_channels
+        for _ in range(depth - 1):
+            layers += [nn.Conv3d(ch, features, 3, padding=1), getattr(nn, act)()]
+            ch = features
+        last = nn.Conv3d(ch, 1, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, X, Y, Z) -> (B, 1, X, Y, Z)."""
+        return x[:, :1] + self.body(x)
+
+
+def positive(raw: torch.Tensor) -> torch.Tensor:
+    """Softplus: an unconstrained parameter mapped to a positive value (step sizes, weights)."""
+    return nn.functional.softplus(raw)
+
+
+def inv_positive(value: float) -> torch.Tensor:
+    """Inverse of :func:`positive`, to initialise a raw parameter at ``value``."""
+    v = torch.tensor(float(value))
+    return v + torch.log(-torch.expm1(-v))

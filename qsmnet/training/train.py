@@ -1,0 +1,113 @@
+"""``train(cfg)``: build data, network, loss and Trainer from a composed Hydra config and fit.
+
+A plain function (``qsmnet-train`` only calls it), so tests compose configs with CPU-sized overrides.
+After fitting, the best checkpoint's network (or the last state when no checkpoint was written,
+e.g. under ``fast_dev_run``) is exported as ``<output_dir>/weights/<name>.safetensors`` + ``.json``
+(see :mod:`qsmnet.models.io`), and also to ``export_to`` when that is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group) -> list:
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def _load_best(net: torch.nn.Module, ckpt_path: str) -> None:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+
+
+def train(cfg) -> dict[str, float]:
+    """Train a network as configured and return the final metrics (floats keyed like ``val/nrmse``).
+
+    Config keys used (see ``conf/train.yaml``): ``seed``, ``data``, ``model``, ``loss``,
+    ``optimizer``, ``scheduler``, ``scheduler_interval``, ``trainer``, ``callbacks``, ``logger``,
+    ``init_from`` (shipped weights name or path to start from), ``ckpt_path`` (Lightning checkpoint
+    to resume the whole training state from), ``test``, ``name``, ``paths.output_dir``, ``export_to``.
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from qsmnet.models.io import build_network, load_network, save_weights
+
+    from .module import QSMLitModule
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    net = build_network(cfg.model)
+    if cfg.get("init_from"):
+        src, _ = load_network(cfg.init_from)
+        net.load_state_dict(src.state_dict())
+        log.info("initialised the network from %s", cfg.init_from)
+    module = QSMLitModule(
+        net=net,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler_interval=cfg.get("scheduler_interval", "step"),
+        log_images=cfg.get("log_images", True),
+        config=resolved,
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    wall_s = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    if cfg.get("test"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    if best:
+        _load_best(net, best)
+
+    if trainer.is_global_zero:
+        summary = {
+            "name": cfg.get("name"),
+            "steps": int(trainer.global_step),
+            "wall_time_s": round(wall_s, 1),
+            "hardware": _hardware(),
+            "best_checkpoint": best or None,
+            "init_from": cfg.get("init_from"),
+            "metrics": metrics,
+            "train_config": resolved,
+        }
+        stem = str(cfg.get("name") or "model")
+        dest = [out / "weights" / stem]
+        if cfg.get("export_to"):
+            dest.append(Path(cfg.export_to))
+        for d in dest:
+            save_weights(net, resolved["model"], d, extra=summary)
+            log.info("exported weights to %s.safetensors", d)
+    return metrics
