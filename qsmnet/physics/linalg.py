@@ -91,7 +91,7 @@ def conjugate_gradient(
     p = r.clone()
     rr = dot(r, r)
     bnorm = dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)
-    rel = float((rr.sqrt() / bnorm).max())
+    rel = float((rr.sqrt() / bnorm).max().detach())
     it = 0
     while it < max_iter and rel > tol:
         Ap = apply_A(p)
@@ -102,5 +102,5 @@ def conjugate_gradient(
         p = r + (rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny)) * p
         rr = rr_new
         it += 1
-        rel = float((rr.sqrt() / bnorm).max())
+        rel = float((rr.sqrt() / bnorm).max().detach())
     return x, it, rel
