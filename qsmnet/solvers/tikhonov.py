@@ -68,4 +68,3 @@ def tikhonov(
     lam_t = auto_lambda(p, regulariser) if is_auto(lam) else as_lambda(lam, p)
     chi = p.op.filter(p.field, _filter(p, lam_t, regulariser))
     return finish(p, chi, info, 0, **{"lambda": lambda_summary(lam_t)})
-
