@@ -45,7 +45,7 @@ class _Unrolled(nn.Module):
         features: int = 16,
         depth: int = 4,
         shared: bool = False,
-        step_init: float = 1.0,
+        step_init: float = 2.0,
         tik_lambda: float = 0.02,
         scale: float = 10.0,
         pad: int = 0,
@@ -116,7 +116,9 @@ class MoDL(_Unrolled):
         shared: defaults to True (MoDL's single denoiser); other arguments as :class:`_Unrolled`.
     """
 
-    def __init__(self, iterations: int = 4, cg_iters: int = 5, mu_init: float = 0.1, shared: bool = True, **kw):
+    def __init__(
+        self, iterations: int = 4, cg_iters: int = 5, mu_init: float = 0.1, shared: bool = True, **kw
+    ):
         super().__init__(iterations=iterations, shared=shared, step_init=mu_init, **kw)
         self.cg_iters = int(cg_iters)
 
