@@ -1,5 +1,39 @@
-"""Datasets, patching and the LightningDataModule. Imports sim, io and physics."""
+"""Datasets, patching and the LightningDataModule. Imports sim, io and physics.
 
+- :class:`SimulatedQSMDataset`: on-the-fly simulated samples (IterableDataset, seeded per sample).
+- :class:`NiftiFolderDataset`: (field, mask[, chi]) NIfTI cases, BIDS derivatives accepted.
+- :class:`QSMDataModule`: both, from Hydra config (``conf/data/*.yaml``).
+- :func:`load_benchmark`: the fixed benchmark set written by ``qsmnet simulate --benchmark``.
+- :class:`GridTransform`, :func:`random_transform`: physics-aware flips and axis permutations.
+"""
+
+from .augment import GridTransform, random_transform
 from .sample import QSMSample, collate
+from .simulated import SimulatedQSMDataset
 
-__all__ = ["QSMSample", "collate"]
+__all__ = [
+    "GridTransform",
+    "NiftiFolderDataset",
+    "QSMDataModule",
+    "QSMSample",
+    "SimulatedQSMDataset",
+    "collate",
+    "load_benchmark",
+    "random_transform",
+]
+
+
+def __getattr__(name):  # lightning and io are imported only when these are used
+    if name == "QSMDataModule":
+        from .module import QSMDataModule
+
+        return QSMDataModule
+    if name == "NiftiFolderDataset":
+        from .folder import NiftiFolderDataset
+
+        return NiftiFolderDataset
+    if name == "load_benchmark":
+        from .benchmark import load_benchmark
+
+        return load_benchmark
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""Physics-aware augmentation: symmetries of the voxel grid that carry the geometry along.
+
+Only exact operations are used: permutations of the voxel axes and flips (together the 48
+symmetries of the cube, which include every 90-degree rotation). Each one maps a volume to a new
+grid without interpolation, and the geometry follows: the voxel size and the B0 direction are
+permuted with the axes, and a flip of axis i negates ``b0_dir[i]``. Then the dipole model still
+holds exactly: ``T(forward_field(chi, g)) == forward_field(T(chi), T(g))``. Arbitrary-angle
+rotations would need resampling, which breaks that identity; random B0 tilts in the simulation
+cover those orientations instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qsmnet.physics import Geometry
+
+
+@dataclass(frozen=True)
+class GridTransform:
+    """A cube symmetry: first permute the voxel axes (``perm``), then flip the axes in ``flips``.
+
+    Attributes:
+        perm: new axis a is old axis ``perm[a]``.
+        flips: three bools, flip new axis a when ``flips[a]``.
+    """
+
+    perm: tuple[int, int, int] = (0, 1, 2)
+    flips: tuple[bool, bool, bool] = (False, False, False)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform a (..., X, Y, Z) tensor (the last three dims are the voxel axes)."""
+        nd = x.dim()
+        lead = list(range(nd - 3))
+        y = x.permute(*lead, *(nd - 3 + p for p in self.perm))
+        dims = [nd - 3 + a for a in range(3) if self.flips[a]]
+        if dims:
+            y = torch.flip(y, dims)
+        return y.contiguous()
+
+    def geometry(self, g: Geometry) -> Geometry:
+        """The geometry of the transformed grid."""
+        b = [g.b0_dir[p] for p in self.perm]
+        b = [-v if f else v for v, f in zip(b, self.flips, strict=False)]
+        return Geometry(
+            tuple(g.shape[p] for p in self.perm),
+            tuple(g.voxel_size[p] for p in self.perm),
+            tuple(b),
+        )
+
+    @property
+    def identity(self) -> bool:
+        return self.perm == (0, 1, 2) and not any(self.flips)
+
+
+def random_transform(rng: np.random.Generator, flip: bool = True, permute: bool = True,
+                     axes: Sequence[int] = (0, 1, 2)) -> GridTransform:
+    """A random cube symmetry.
+
+    Args:
+        rng: random generator.
+        flip: allow flips (each axis with probability 1/2).
+        permute: allow permutations of the axes in ``axes`` (e.g. (0, 1) keeps the slice axis
+            in place, so thick-slice data stay thick-slice along k).
+        axes: the axes that may be permuted among themselves.
+    """
+    perm = [0, 1, 2]
+    if permute and len(axes) > 1:
+        order = list(axes)
+        shuffled = [order[i] for i in rng.permutation(len(order))]
+        for a, b in zip(order, shuffled, strict=False):
+            perm[a] = b
+    flips = tuple(bool(v) for v in rng.integers(0, 2, size=3)) if flip else (False, False, False)
+    return GridTransform(tuple(perm), flips)

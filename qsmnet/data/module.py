@@ -1,0 +1,92 @@
+"""LightningDataModule over simulated and NIfTI-folder datasets, built from Hydra config."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from .sample import collate
+from .simulated import SimulatedQSMDataset
+
+
+def _plain(d):
+    """A Hydra DictConfig (or None) as a plain dict."""
+    if d is None:
+        return None
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(d, DictConfig):
+            return OmegaConf.to_container(d, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    return dict(d)
+
+
+def build_dataset(spec: dict, *, validation: bool = False):
+    """A dataset from a config dict: ``{"folder": path, ...}`` gives a :class:`NiftiFolderDataset`
+    (other keys are its kwargs); anything else gives a :class:`SimulatedQSMDataset` (for
+    validation, ``resample_each_epoch`` defaults to False so every epoch sees the same samples)."""
+    spec = dict(spec)
+    if "folder" in spec:
+        from .folder import NiftiFolderDataset
+
+        return NiftiFolderDataset(spec.pop("folder"), **spec)
+    if validation:
+        spec.setdefault("resample_each_epoch", False)
+        spec.setdefault("augment", False)
+    return SimulatedQSMDataset(**spec)
+
+
+class QSMDataModule(L.LightningDataModule):
+    """Train/validation data for QSM networks.
+
+    Args:
+        train: kwargs of :class:`SimulatedQSMDataset`, or ``{"folder": path, ...}``.
+        val: the same for validation; None derives 16 fixed samples from ``train`` (seed + 1).
+            Simulated validation repeats the same samples every epoch and is not augmented.
+        batch_size: training batch size.
+        num_workers: DataLoader workers (persistent, so the simulation's epoch counter and
+            cached brains survive between epochs).
+        val_batch_size: validation batch size (default: ``batch_size`` for simulated data, 1 for
+            folders, whose volumes may differ in shape).
+        pin_memory: pin host memory (for CUDA training).
+    """
+
+    def __init__(self, train: dict | None = None, val: dict | None = None, batch_size: int = 4,
+                 num_workers: int = 0, val_batch_size: int | None = None, pin_memory: bool = False):
+        super().__init__()
+        self.train_spec = _plain(train) or {}
+        self.val_spec = _plain(val)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.val_batch_size = val_batch_size
+        self.pin_memory = bool(pin_memory)
+        self.train_set = None
+        self.val_set = None
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = build_dataset(self.train_spec)
+        if self.val_set is None:
+            spec = self.val_spec
+            if spec is None:
+                spec = {**self.train_spec, "seed": int(self.train_spec.get("seed", 0)) + 1, "length": 16}
+            self.val_set = build_dataset(spec, validation=True)
+
+    def _loader(self, ds, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate,
+                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+                          shuffle=shuffle and not isinstance(ds, IterableDataset))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        bs = self.val_batch_size
+        if bs is None:
+            bs = self.batch_size if isinstance(self.val_set, SimulatedQSMDataset) else 1
+        return self._loader(self.val_set, int(bs))
