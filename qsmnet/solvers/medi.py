@@ -3,8 +3,9 @@
 TV is switched off across edges of a structural prior: a voxel-direction whose magnitude gradient
 is among the largest ``edge_fraction`` inside the mask gets TV weight 0 (an edge the map may
 follow), all others weight 1. With a magnitude image the data term is also weighted by the
-normalised magnitude (a proxy for the SNR, as in MEDI). Without a magnitude the structural prior
-is the mask itself: edges at the brain boundary only, where the field is least reliable.
+normalised magnitude (a proxy for the SNR, as in MEDI), else by the mask (the field is fitted
+inside the mask only). Without a magnitude the structural prior is the mask itself: edges at the
+brain boundary only.
 
 Unlike the original MEDI (nonlinear data term, Gauss-Newton + CG) this solves the linear model
 by ADMM (:func:`qsmnet.solvers.tv.admm_tv`), so it shares TV's speed and ``lam="auto"``.
@@ -80,7 +81,7 @@ def medi(
         chi (ppm), the field's shape, zero outside the mask.
     """
     p = prepare(field, mask, geometry)
-    data_weight = None
+    data_weight = p.mask
     if magnitude is not None:
         mag = torch.as_tensor(magnitude, device=p.device, dtype=torch.float32)
         mag = (mag[None, None] if mag.dim() == 3 else mag).expand_as(p.field) * p.mask
