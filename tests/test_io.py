@@ -220,3 +220,16 @@ def test_guess_units(rng):
     assert guess_units(wrapped, mask) == "rad"
     assert guess_units(np.where(mask, ppm, 500.0), mask) == "ppm"  # outside the mask is ignored
     assert guess_units(np.zeros((3, 3, 3))) == "ppm"
+
+
+def test_nifti2_and_4d_input_zooms_follow_new_affine(tmp_path):
+    data = np.arange(4 * 5 * 6 * 2, dtype=np.float64).reshape(4, 5, 6, 2)
+    nib.save(nib.Nifti2Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "n2.nii")
+    vol = load_nifti(tmp_path / "n2.nii")
+    assert vol.data.shape == (4, 5, 6, 2) and vol.geometry.shape == (4, 5, 6)
+    new_affine = np.diag([0.5, 0.7, 0.9, 1.0])
+    p = save_nifti(tmp_path / "echo1.nii.gz", vol.data[..., 0], new_affine, vol.header)
+    back = nib.load(str(p))
+    assert isinstance(back, nib.Nifti2Image)
+    np.testing.assert_allclose(back.header.get_zooms(), (0.5, 0.7, 0.9))
+    np.testing.assert_array_equal(back.get_fdata(), data[..., 0])

@@ -251,15 +251,16 @@ def save_nifti(
     if aff.shape != (4, 4):
         raise QSMNetError(f"cannot save {p}: affine has shape {aff.shape}, expected (4, 4)")
 
+    img_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     if header is not None:
-        hdr = nib.Nifti1Header.from_header(header)
+        hdr = img_cls.header_class.from_header(header)
         scode = int(header.get_sform(coded=True)[1] or 0) if hasattr(header, "get_sform") else 0
         qcode = int(header.get_qform(coded=True)[1] or 0) if hasattr(header, "get_qform") else 0
     else:
-        hdr = nib.Nifti1Header()
+        hdr = img_cls.header_class()
         scode = qcode = 0
     hdr.set_data_dtype(np.float32)
-    img = nib.Nifti1Image(arr, aff, header=hdr)
+    img = img_cls(arr, aff, header=hdr)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"] = 0.0
     img.header["cal_max"] = 0.0
