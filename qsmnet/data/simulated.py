@@ -186,7 +186,8 @@ class SimulatedQSMDataset(IterableDataset):
     def _crop(self, mask: torch.Tensor, rng: np.random.Generator) -> tuple[slice, slice, slice]:
         best, best_frac = None, -1.0
         for _ in range(10):
-            start = [int(rng.integers(0, n - p + 1)) for n, p in zip(self.shape, self.patch_size, strict=1)]
+            start = [int(rng.integers(0, n - p + 1))
+                     for n, p in zip(self.shape, self.patch_size, strict=True)]
             sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size, strict=False))
             frac = float(mask[sl].mean())
             if frac > best_frac:
