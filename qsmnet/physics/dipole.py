@@ -171,7 +171,12 @@ class DipoleOperator(nn.Module):
         if s != tuple(self.shape):
             x = nn.functional.pad(x, (0, s[2] - x.shape[-1], 0, s[1] - x.shape[-2], 0, s[0] - x.shape[-3]))
         k = kernel * kernel if twice else kernel
-        y = torch.fft.irfftn(torch.fft.rfftn(x, dim=_SPATIAL) * k, s=s, dim=_SPATIAL)
+        X = torch.fft.rfftn(x, dim=_SPATIAL)
+        if k.shape[0] > X.shape[0] or torch.is_grad_enabled() and (X.requires_grad or k.requires_grad):
+            X = X * k  # differentiable, and broadcasts a batch of kernels over one input
+        else:  # in place on the real view: ~3x faster than a complex-by-real product on CPU
+            torch.view_as_real(X).mul_(k.unsqueeze(-1))
+        y = torch.fft.irfftn(X, s=s, dim=_SPATIAL)
         y = y[..., : self.shape[0], : self.shape[1], : self.shape[2]]
         return y[0, 0] if squeeze else y
 
