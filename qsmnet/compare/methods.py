@@ -1,0 +1,113 @@
+"""Method specifications for a comparison: labels, registered names and parameters.
+
+A comparison names its methods in one of three ways, all normalised by :func:`normalise_methods`
+into ``{label: {"method": registered name, **params}}``:
+
+- a mapping ``{"tv_strong": {"method": "tv", "lam": 1e-3}, "tkd": {}}`` (an entry without
+  ``method`` uses its label as the registered name);
+- a list of names and/or mappings, as in ``conf/compare.yaml``:
+  ``["default", "tkd", {"name": "tv_strong", "method": "tv", "lam": 1e-3}]``;
+- the special name ``default``, which stands for :data:`qsmnet.inference.DEFAULT_METHOD` (the
+  shipped default network once one is registered) and is labelled with that name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+
+from qsmnet.errors import QSMNetError
+
+#: Method name that stands for :data:`qsmnet.inference.DEFAULT_METHOD`.
+DEFAULT_ALIAS = "default"
+_RESERVED = ("field", "mask", "geometry", "info")
+
+
+def _plain(x):
+    """OmegaConf containers -> plain dicts/lists (without importing omegaconf)."""
+    if hasattr(x, "_metadata") and hasattr(x, "_get_node"):  # DictConfig / ListConfig
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(x, resolve=True)
+    return x
+
+
+def _resolve_name(name: str) -> str:
+    from qsmnet.inference import DEFAULT_METHOD
+
+    return DEFAULT_METHOD if name == DEFAULT_ALIAS else name
+
+
+def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]:
+    """``{label: {"method": registered name, **params}}`` from any accepted form (see the module).
+
+    Args:
+        methods: a mapping label -> spec, or a sequence of names / mappings with an optional
+            ``name`` (the label; default: the method name) and ``method`` key.
+        params: extra parameters per label, merged over each spec (``{"tv": {"lam": 1e-3}}``).
+
+    Raises:
+        QSMNetError: empty list, duplicate labels, a mapping without a method, or ``params`` for a
+            label that is not compared.
+    """
+    methods = _plain(methods)
+    params = _plain(params) or {}
+    out: dict[str, dict] = {}
+
+    def add(label, spec):
+        spec = dict(spec or {})
+        method = _resolve_name(str(spec.pop("method", label)))
+        label = method if label == DEFAULT_ALIAS else str(label)
+        if label in out:
+            raise QSMNetError(f"method {label!r} is listed twice; give one of them another name")
+        out[label] = {"method": method, **spec}
+
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if isinstance(methods, Mapping):
+        for label, spec in methods.items():
+            add(label, spec)
+    elif isinstance(methods, Sequence):
+        for item in methods:
+            if isinstance(item, str):
+                add(item, {})
+            elif isinstance(item, Mapping):
+                item = dict(item)
+                if "method" not in item and "name" not in item:
+                    raise QSMNetError(f"method entry {item} needs a 'method' (a registered name)")
+                label = item.pop("name", None) or item.get("method")
+                add(label, item)
+            else:
+                raise QSMNetError(f"a method is a name or a mapping, got {item!r}")
+    else:
+        raise QSMNetError(f"methods must be a list or a mapping, got {methods!r}")
+    if not out:
+        raise QSMNetError("no methods to compare: give at least one, e.g. methods=[tkd,tv]")
+    for label, extra in params.items():
+        label = _resolve_name(str(label)) if str(label) == DEFAULT_ALIAS else str(label)
+        if label not in out:
+            raise QSMNetError(f"params given for {label!r}, which is not among the methods {list(out)}")
+        out[label].update(dict(extra or {}))
+    return out
+
+
+def bind_method(label: str, spec: Mapping) -> tuple[Callable, dict]:
+    """The callable and the checked parameters of one normalised spec.
+
+    Raises:
+        QSMNetError: unknown method name (listing the choices) or a parameter the method does not take.
+    """
+    from qsmnet.inference import get_method
+
+    spec = dict(spec)
+    name = spec.pop("method")
+    fn = get_method(name)
+    try:
+        sig = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some callables hide their signature: let the call decide
+        return fn, spec
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+        bad = sorted(k for k in spec if k not in sig or k in _RESERVED)
+        if bad:
+            raise QSMNetError(f"method {label!r} ({name}) does not take parameter(s) {', '.join(bad)}")
+    return fn, spec
