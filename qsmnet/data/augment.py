@@ -4,7 +4,9 @@ Only exact operations are used: permutations of the voxel axes and flips (togeth
 symmetries of the cube, which include every 90-degree rotation). Each one maps a volume to a new
 grid without interpolation, and the geometry follows: the voxel size and the B0 direction are
 permuted with the axes, and a flip of axis i negates ``b0_dir[i]``. Then the dipole model still
-holds exactly: ``T(forward_field(chi, g)) == forward_field(T(chi), T(g))``. Arbitrary-angle
+holds: ``T(forward_field(chi, g)) == forward_field(T(chi), T(g))``, exactly on FFT grids of odd
+size and up to the Nyquist sample (which the kernel symmetrises for an oblique B0, a ~1e-3
+relative effect) on even ones. Arbitrary-angle
 rotations would need resampling, which breaks that identity; random B0 tilts in the simulation
 cover those orientations instead.
 """

@@ -33,8 +33,9 @@ N_BRAINS = 2
 ORIENTATIONS = {"axial": (0.0, 0.0, 1.0),
                 "oblique30": (0.0, math.sin(math.radians(30.0)), math.cos(math.radians(30.0)))}
 VOXELS = {"1mm": (1.0, 1.0, 1.0), "1x1x2": (1.0, 1.0, 2.0)}
-#: Noise std (ppm) per level (the brain field's std inside the mask is about 0.02-0.03 ppm).
-NOISE_PPM = {"low": 0.001, "high": 0.004}
+#: Noise std (ppm) per level (the field's std inside these brains' masks is about 0.007 ppm, so
+#: roughly SNR 14 and 3.5).
+NOISE_PPM = {"low": 0.0005, "high": 0.002}
 
 
 def geometry_affine(geometry: Geometry) -> np.ndarray:
@@ -82,10 +83,10 @@ def _downsample_z(x: torch.Tensor, f: int) -> torch.Tensor:
     return x[..., :n].reshape(x.shape[0], x.shape[1], n // f, f).to(torch.float64).mean(-1).to(torch.float32)
 
 
-def benchmark_cases() -> list[dict]:
+def benchmark_cases(n_brains: int = N_BRAINS) -> list[dict]:
     """The case list (without data): name, brain index, orientation, voxel key, noise level."""
     out = []
-    for b in range(1, N_BRAINS + 1):
+    for b in range(1, n_brains + 1):
         for o in ORIENTATIONS:
             for v in VOXELS:
                 for n in NOISE_PPM:
@@ -94,7 +95,8 @@ def benchmark_cases() -> list[dict]:
     return out
 
 
-def make_benchmark(out_dir: str | os.PathLike, force: bool = False, progress=None) -> Path:
+def make_benchmark(out_dir: str | os.PathLike, force: bool = False, progress=None, *,
+                   shape: tuple[int, int, int] = BENCHMARK_SHAPE, n_brains: int = N_BRAINS) -> Path:
     """Generate the fixed benchmark set in ``out_dir`` (see the module docstring).
 
     Writes ``out_dir/<case>/{chi,field,mask,labels}.nii.gz`` (float32, ppm) with sidecars and
@@ -106,6 +108,8 @@ def make_benchmark(out_dir: str | os.PathLike, force: bool = False, progress=Non
         out_dir: destination folder (created).
         force: overwrite existing files.
         progress: optional callable taking a message string.
+        shape: 1 mm grid (tests use a tiny one; the benchmark is defined by the default).
+        n_brains: number of brains (the benchmark is defined by the default).
 
     Returns:
         The path of ``cases.json``.
@@ -120,13 +124,13 @@ def make_benchmark(out_dir: str | os.PathLike, force: bool = False, progress=Non
         raise QSMNetError(f"{manifest_path} already exists (use --force to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
     brains = {}
-    manifest = {"seed": BENCHMARK_SEED, "shape_1mm": list(BENCHMARK_SHAPE), "noise_ppm": NOISE_PPM,
+    manifest = {"seed": BENCHMARK_SEED, "shape_1mm": list(shape), "noise_ppm": NOISE_PPM,
                 "cases": {}}
-    for case in benchmark_cases():
+    for case in benchmark_cases(n_brains):
         b = case["brain"]
         if b not in brains:
             rng = np.random.default_rng([BENCHMARK_SEED, b])
-            brains[b] = brain_phantom(BENCHMARK_SHAPE, (1.0, 1.0, 1.0), rng)
+            brains[b] = brain_phantom(shape, (1.0, 1.0, 1.0), rng)
         ph = brains[b]
         vs = VOXELS[case["voxel"]]
         f = int(round(vs[2]))
