@@ -6,7 +6,9 @@
 - CPU: the process's resident set size (RSS), sampled every ``interval`` seconds by a background
   thread from ``/proc/self/statm`` during the call, peak minus the RSS before the call: the peak of
   *extra resident memory* the call needed (tensors, numpy arrays, FFT plans, everything). Samples
-  can miss a short spike shorter than ``interval``. Where ``/proc`` does not exist (macOS,
+  can miss a short spike shorter than ``interval``. Before the call, glibc's ``malloc_trim(0)``
+  hands freed heap pages back to the system, so memory the process freed earlier (and would
+  reuse without touching new pages) does not hide the call's needs. Where ``/proc`` does not exist (macOS,
   Windows) it falls back to the ``resource.getrusage`` high-water mark, whose increase is only
   seen when the call exceeds the process's earlier peak (so it can read 0 for a later, smaller call).
 """
@@ -27,6 +29,17 @@ def _rss_bytes() -> int | None:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _trim_heap() -> None:
+    """Return free heap pages to the OS (glibc only; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _maxrss_bytes() -> int:
@@ -78,6 +91,7 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
             self.source = "cuda_max_allocated"
             return self
+        _trim_heap()
         base = _rss_bytes()
         if base is None:
             self._base = _maxrss_bytes()

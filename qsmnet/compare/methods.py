@@ -8,7 +8,8 @@ into ``{label: {"method": registered name, **params}}``:
 - a list of names and/or mappings, as in ``conf/compare.yaml``:
   ``["default", "tkd", {"name": "tv_strong", "method": "tv", "lam": 1e-3}]``;
 - the special name ``default``, which stands for :data:`qsmnet.inference.DEFAULT_METHOD` (the
-  shipped default network once one is registered) and is labelled with that name.
+  shipped default network once one is registered) and is labelled with that name; it is dropped
+  when that method is listed anyway with the same parameters.
 """
 
 from __future__ import annotations
@@ -53,11 +54,17 @@ def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]
     methods = _plain(methods)
     params = _plain(params) or {}
     out: dict[str, dict] = {}
+    from_alias: set[str] = set()
 
     def add(label, spec):
         spec = dict(spec or {})
+        alias = label == DEFAULT_ALIAS or spec.get("method") == DEFAULT_ALIAS
         method = _resolve_name(str(spec.pop("method", label)))
         label = method if label == DEFAULT_ALIAS else str(label)
+        if label in out and (alias or label in from_alias) and out[label] == {"method": method, **spec}:
+            return  # `default` is a method listed anyway (e.g. before a network is registered)
+        if alias:
+            from_alias.add(label)
         if label in out:
             raise QSMNetError(f"method {label!r} is listed twice; give one of them another name")
         out[label] = {"method": method, **spec}
