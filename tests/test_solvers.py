@@ -1,0 +1,183 @@
+"""Classical solvers: registry, closed-form TKD, recovery of smooth phantoms, geometry, batching, auto lambda.
+
+Fields come from qsm-forward (an independent implementation of the forward model); chi is
+scored by qsmnet.metrics' demeaned nRMSE (%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import qsm_forward
+import torch
+
+from qsmnet.errors import QSMNetError
+from qsmnet.physics import Geometry, forward_field
+from qsmnet.physics.linalg import gradient, gradient_adjoint
+from qsmnet.solvers import SOLVERS, get_solver, register
+from qsmnet.solvers.base import grad_adjoint_into, grad_into, prepare
+from qsmnet.solvers.lam import estimate_noise
+
+N = 25
+
+
+def nrmse(x, truth, mask) -> float:
+    m = np.asarray(mask) > 0
+    a = np.asarray(x)[m] - np.asarray(x)[m].mean()
+    b = np.asarray(truth)[m] - np.asarray(truth)[m].mean()
+    return float(100 * np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def smooth_phantom(seed=0, n=N, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0)):
+    """Gaussian blobs well inside a spherical mask; field by qsm-forward (2x zero padding)."""
+    rng = np.random.default_rng(seed)
+    x = np.stack(np.meshgrid(*[np.arange(n) - n // 2] * 3, indexing="ij")).astype(np.float64)
+    mask = ((x / (0.42 * n)) ** 2).sum(0) < 1
+    chi = np.zeros((n,) * 3)
+    for _ in range(6):
+        c = rng.uniform(-0.15 * n, 0.15 * n, 3)
+        w = rng.uniform(1.5, 2.5)
+        chi += rng.uniform(-0.1, 0.1) * np.exp(-((x - c[:, None, None, None]) ** 2).sum(0) / (2 * w * w))
+    chi *= mask
+    b = np.asarray(b0_dir) / np.linalg.norm(b0_dir)
+    field = qsm_forward.generate_field(chi, mask, list(voxel_size), list(b)) * mask
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return t(chi), t(field), t(mask), Geometry((n,) * 3, voxel_size, tuple(b))
+
+
+# solver -> (parameters for noiseless data, nRMSE bound in % on the smooth phantom)
+NOISELESS = {
+    "tkd": ({"threshold": 0.19}, 45.0),
+    "tsvd": ({"threshold": 0.1}, 45.0),
+    "tikhonov": ({"lam": 1e-3}, 45.0),
+    "ilsqr": ({"tol": 0.05}, 45.0),
+    "tv": ({"lam": 1e-5, "weight": "mask"}, 12.0),
+    "medi": ({"lam": 1e-5}, 12.0),
+    "ndi": ({"iterations": 100}, 60.0),
+}
+
+
+def test_registry_lists_all_and_rejects_unknown():
+    assert set(NOISELESS) <= set(SOLVERS)
+    assert get_solver("tv") is SOLVERS["tv"]
+    with pytest.raises(QSMNetError, match="tikhonov"):
+        get_solver("nope")
+    with pytest.raises(ValueError):
+        register("tv")(lambda *a, **k: None)
+
+
+def test_inplace_gradients_match_linalg():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 7, 9, 11, generator=g)
+    vs = (1.0, 0.7, 1.6)
+    inv = torch.tensor([1 / v for v in vs])[None, :, None, None, None]
+    out = torch.empty(2, 3, 7, 9, 11)
+    assert torch.allclose(grad_into(x, out, inv), gradient(x[:, 0], vs), atol=1e-5)
+    y = torch.randn(2, 3, 7, 9, 11, generator=g)
+    adj = grad_adjoint_into(y, torch.empty_like(x), inv, torch.empty_like(y))
+    assert torch.allclose(adj[:, 0], gradient_adjoint(y, vs), atol=1e-5)
+
+
+def test_tkd_is_exact_where_kernel_exceeds_threshold():
+    """Closed form: on a circular, noiseless field TKD returns chi's spectrum wherever |D| > t."""
+    chi, _, _, geom = smooth_phantom(3, b0_dir=(0.2, 0.1, 1.0))
+    field = forward_field(chi.double(), geom.voxel_size, geom.b0_dir, pad=False, dtype=torch.float64)
+    x = SOLVERS["tkd"](field.float(), torch.ones_like(chi), geom, threshold=0.2)
+    k = np.fft.fftn(np.asarray(x, dtype=np.float64))
+    k0 = np.fft.fftn(chi.numpy().astype(np.float64))
+    fx, fy, fz = np.meshgrid(*[np.fft.fftfreq(N)] * 3, indexing="ij")
+    b = geom.b0_dir
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = 1 / 3 - (fx * b[0] + fy * b[1] + fz * b[2]) ** 2 / (fx**2 + fy**2 + fz**2)
+    sel = np.abs(d) > 0.21
+    assert sel.sum() > 0.5 * sel.size
+    np.testing.assert_allclose(k[sel], k0[sel], atol=1e-4 * np.abs(k0).max())
+    assert np.abs(k[~sel & (np.abs(d) < 0.19)] - k0[~sel & (np.abs(d) < 0.19)]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(NOISELESS))
+def test_recovers_smooth_phantom_from_noiseless_field(name):
+    chi, field, mask, geom = smooth_phantom(0)
+    params, bound = NOISELESS[name]
+    info = {}
+    x = SOLVERS[name](field, mask, geom, info=info, **params)
+    assert x.shape == field.shape and x.dtype == torch.float32
+    assert torch.all(x[mask == 0] == 0)
+    assert nrmse(x, chi, mask) < bound
+    assert isinstance(info["iterations"], int) and 0 <= info["residual"] < 1
+
+
+@pytest.mark.parametrize("name", ["tikhonov", "tv", "ilsqr"])
+def test_oblique_b0_and_anisotropic_voxels_are_honoured(name):
+    chi, field, mask, geom = smooth_phantom(2, voxel_size=(1.0, 1.0, 1.6), b0_dir=(0.35, 0.25, 1.0))
+    params = dict(NOISELESS[name][0])
+    good = nrmse(SOLVERS[name](field, mask, geom, **params), chi, mask)
+    wrong_b0 = nrmse(SOLVERS[name](field, mask, geom.with_(b0_dir=(0, 0, 1)), **params), chi, mask)
+    wrong_vox = nrmse(SOLVERS[name](field, mask, geom.with_(voxel_size=(1, 1, 1)), **params), chi, mask)
+    assert good < 0.75 * wrong_b0
+    assert good < wrong_vox
+
+
+@pytest.mark.parametrize("name", ["tkd", "tikhonov", "tv", "ndi"])
+def test_batch_with_two_geometries_matches_single_solves(name):
+    c1, f1, m1, g1 = smooth_phantom(0)
+    c2, f2, m2, g2 = smooth_phantom(1, b0_dir=(0.3, 0.0, 1.0))
+    kw = dict(NOISELESS[name][0], **({"iterations": 20} if name in ("tv", "ndi") else {}))
+    kw.pop("weight", None)
+    batch = SOLVERS[name](torch.stack([f1, f2])[:, None], torch.stack([m1, m2])[:, None], (g1, g2), **kw)
+    assert batch.shape == (2, 1, N, N, N)
+    for b, (f, m, g) in enumerate([(f1, m1, g1), (f2, m2, g2)]):
+        single = SOLVERS[name](f, m, g, **kw)
+        torch.testing.assert_close(batch[b, 0], single, atol=2e-5, rtol=1e-3)
+
+
+def test_iterative_solvers_stop_on_tolerance():
+    _, field, mask, geom = smooth_phantom(1)
+    for name, loose, tight in [("tv", 1e-2, 1e-4), ("ilsqr", 0.2, 0.01), ("ndi", 1e-2, 1e-5)]:
+        a, b = {}, {}
+        SOLVERS[name](field, mask, geom, info=a, tol=loose)
+        SOLVERS[name](field, mask, geom, info=b, tol=tight)
+        assert a["iterations"] < b["iterations"], name
+        assert b["residual"] <= a["residual"] + 1e-3, name
+
+
+def test_noise_estimate_and_auto_lambda_grow_with_noise():
+    chi, _, mask, geom = smooth_phantom(4)
+    clean = forward_field(chi, geom.voxel_size, geom.b0_dir)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(chi.shape, generator=g)
+    lams, sig = {}, {}
+    for s in (0.002, 0.01):
+        field = (clean + s * noise) * mask
+        p = prepare(field, mask, geom)
+        sig[s] = float(estimate_noise(p.field, p.mask)[0])
+        for name in ("tikhonov", "tv"):
+            info = {}
+            SOLVERS[name](field, mask, geom, lam="auto", info=info)
+            lams[name, s] = info["lambda"]
+    assert 0.7 * 0.01 < sig[0.01] < 1.5 * 0.01
+    assert sig[0.01] > 3 * sig[0.002]
+    for name in ("tikhonov", "tv"):
+        assert lams[name, 0.01] > 2 * lams[name, 0.002], name
+
+
+def test_rejects_mismatched_inputs():
+    _, field, mask, geom = smooth_phantom(0)
+    with pytest.raises(ValueError):
+        SOLVERS["tkd"](field, mask, geom.with_(shape=(N, N, N + 2)))
+    with pytest.raises(ValueError):
+        SOLVERS["tkd"](field, mask[:-1], geom)
+    with pytest.raises(ValueError):
+        SOLVERS["tkd"](field, mask, geom, threshold=0.9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(NOISELESS))
+def test_cpu_and_cuda_agree(name):
+    chi, field, mask, geom = smooth_phantom(0)
+    params = NOISELESS[name][0]
+    cpu = SOLVERS[name](field, mask, geom, **params)
+    gpu = SOLVERS[name](field.cuda(), mask.cuda(), geom, **params)
+    assert gpu.is_cuda
+    assert nrmse(gpu.cpu(), cpu, mask) < 1.0
