@@ -49,17 +49,14 @@ def cases():
 
 
 @pytest.fixture
-def oracle(monkeypatch, cases):
-    """Registers method 'oracle' (``scale`` x the truth, looked up by shape) through get_method."""
-    import qsmnet.inference as inf
-
+def oracle(cases):
+    """A method (a plain callable) returning ``scale`` x the truth, looked up by the field's shape."""
     truths = {tuple(c.chi.shape): c.chi for c in cases}
-    original = inf.get_method
 
     def oracle_method(field, mask, geometry, *, info=None, scale=1.0):
         return scale * truths[tuple(field.shape)].to(field.device)
 
-    monkeypatch.setattr(inf, "get_method", lambda name: oracle_method if name == "oracle" else original(name))
+    return oracle_method
 
 
 def _md_summary(text: str) -> dict[str, list[str]]:
@@ -125,8 +122,8 @@ def test_two_cases_three_methods_consistent_outputs(tmp_path, cases):
 
 
 def test_oracle_scores_and_roi_slope(tmp_path, cases, oracle):
-    res = run_comparison(["oracle", {"name": "half", "method": "oracle", "scale": 0.5}], cases,
-                         device="cpu", progress=False, figures=False)
+    methods = {"oracle": {"method": oracle}, "half": {"method": oracle, "scale": 0.5}}
+    res = run_comparison(methods, cases, device="cpu", progress=False, figures=False)
     assert res.files == {}
     for r in res.rows:
         if r["method"] == "oracle":
@@ -138,6 +135,9 @@ def test_oracle_scores_and_roi_slope(tmp_path, cases, oracle):
             assert r["nrmse_detrend"] == pytest.approx(0.0, abs=1e-3)
             assert r["dgm_slope"] == pytest.approx(0.5, abs=1e-5)
     assert [s["method"] for s in res.summary] == ["oracle", "half"]
+    assert {r["registered"] for r in res.rows} == {"oracle_method"}
+    with pytest.raises(QSMNetError, match="does not take parameter"):
+        run_comparison({"o": {"method": oracle, "lam": 1}}, cases, progress=False)
 
 
 def test_case_without_truth_has_time_but_no_metrics(cases):

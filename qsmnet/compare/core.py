@@ -246,7 +246,9 @@ def run_comparison(
                 with torch.no_grad():
                     chi, seconds, pm = timed(call, dev)
                 chi = chi.detach().float().cpu().reshape(case.field.shape)
-                row = {"case": case.name, "method": label, "registered": specs[label]["method"],
+                reg = specs[label]["method"]
+                reg = reg if isinstance(reg, str) else getattr(reg, "__name__", type(reg).__name__)
+                row = {"case": case.name, "method": label, "registered": reg,
                        "params": json.dumps(kw, sort_keys=True, default=str), "device": str(dev),
                        "seconds": seconds, "peak_mem_mib": pm.peak_bytes / 2**20, "mem_source": pm.source,
                        "iterations": info.get("iterations", math.nan),

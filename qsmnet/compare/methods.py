@@ -7,6 +7,9 @@ into ``{label: {"method": registered name, **params}}``:
   ``method`` uses its label as the registered name);
 - a list of names and/or mappings, as in ``conf/compare.yaml``:
   ``["default", "tkd", {"name": "tv_strong", "method": "tv", "lam": 1e-3}]``;
+- a mapping's ``method`` may also be a callable answering the method call
+  ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (e.g. a freshly trained network
+  wrapped in a function, in a notebook);
 - the special name ``default``, which stands for :data:`qsmnet.inference.DEFAULT_METHOD` (the
   shipped default network once one is registered) and is labelled with that name; it is dropped
   when that method is listed anyway with the same parameters.
@@ -59,7 +62,8 @@ def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]
     def add(label, spec):
         spec = dict(spec or {})
         alias = label == DEFAULT_ALIAS or spec.get("method") == DEFAULT_ALIAS
-        method = _resolve_name(str(spec.pop("method", label)))
+        method = spec.pop("method", label)
+        method = method if callable(method) else _resolve_name(str(method))
         label = method if label == DEFAULT_ALIAS else str(label)
         if label in out and (alias or label in from_alias) and out[label] == {"method": method, **spec}:
             return  # `default` is a method listed anyway (e.g. before a network is registered)
@@ -108,7 +112,7 @@ def bind_method(label: str, spec: Mapping) -> tuple[Callable, dict]:
 
     spec = dict(spec)
     name = spec.pop("method")
-    fn = get_method(name)
+    fn = name if callable(name) else get_method(name)
     try:
         sig = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # some callables hide their signature: let the call decide
