@@ -39,8 +39,12 @@ class Problem:
         return self.field.device
 
     def inv_voxel(self) -> torch.Tensor:
-        """(G, 3, 1, 1, 1) inverse voxel sizes (1/mm), G = 1 when all samples share them."""
+        """(G, 3, 1, 1, 1) inverse voxel sizes (1/mm), G = 1 when all samples share them.
+
+        None for 1 mm isotropic voxels (the in-place gradients then skip the scaling pass)."""
         vs = {g.voxel_size for g in self.op.geometries}
+        if vs == {(1.0, 1.0, 1.0)}:
+            return None
         geoms = self.op.geometries[:1] if len(vs) == 1 else self.op.geometries
         t = torch.tensor([[1.0 / v for v in g.voxel_size] for g in geoms], dtype=torch.float32)
         return t.to(self.device)[:, :, None, None, None]
@@ -132,7 +136,8 @@ def grad_into(x: torch.Tensor, out: torch.Tensor, inv_vox: torch.Tensor) -> torc
         last, first = [slice(None)] * 4, [slice(None)] * 4
         last[d + 1], first[d + 1] = slice(n - 1, n), slice(0, 1)
         torch.sub(x0[tuple(first)], x0[tuple(last)], out=o[tuple(last)])
-    out.mul_(inv_vox)
+    if inv_vox is not None:
+        out.mul_(inv_vox)
     return out
 
 
@@ -140,7 +145,10 @@ def grad_adjoint_into(
     g: torch.Tensor, out: torch.Tensor, inv_vox: torch.Tensor, tmp: torch.Tensor
 ) -> torch.Tensor:
     """Adjoint of :func:`grad_into`: (B, 3, X, Y, Z) -> ``out`` (B, 1, X, Y, Z); ``tmp`` like g."""
-    torch.mul(g, inv_vox, out=tmp)
+    if inv_vox is None:
+        tmp = g
+    else:
+        torch.mul(g, inv_vox, out=tmp)
     o = out[:, 0]
     o.zero_()
     for d in range(3):
