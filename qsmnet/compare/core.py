@@ -199,7 +199,7 @@ def run_comparison(
     Raises:
         QSMNetError: unknown method or parameter, no cases, duplicate case names, bad ``out_dir``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from qsmnet.inference import resolve_device
     from qsmnet.metrics import all_metrics
