@@ -94,7 +94,13 @@ class ResidualCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, X, Y, Z) -> (B, 1, X, Y, Z)."""
-        return x[:, :1] + self.body(x)
+        return x[:, :1] + self.body(channels_last(x)).contiguous()
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, X, Y, Z) in channels-last memory order: on CPU the weight gradients of 3D
+    convolutions are ~3x faster in this layout (oneDNN), and cuDNN supports it too."""
+    return x.contiguous(memory_format=torch.channels_last_3d)
 
 
 def positive(raw: torch.Tensor) -> torch.Tensor:

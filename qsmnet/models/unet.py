@@ -9,7 +9,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from .common import make_operator, tikhonov
+from .common import channels_last, make_operator, tikhonov
 
 
 class QSMUNet(nn.Module):
@@ -75,5 +75,5 @@ class QSMUNet(nn.Module):
         extra = [(-n) % m for n in shape]
         if any(extra):
             x = nn.functional.pad(x, (0, extra[2], 0, extra[1], 0, extra[0]))
-        out = self.unet(x)[..., : shape[0], : shape[1], : shape[2]]
+        out = self.unet(channels_last(x))[..., : shape[0], : shape[1], : shape[2]].contiguous()
         return (tik + out / self.scale) * mask

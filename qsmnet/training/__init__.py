@@ -25,7 +25,7 @@ def __getattr__(name):
 
         return QSMLitModule
     if name == "train":
-        from .train import train
+        from .pipeline import train
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,7 +61,8 @@ def train(cfg) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    datamodule = instantiate(cfg.data)
+    # Plain containers (not DictConfig) in the hyperparameters keep checkpoints weights_only-loadable.
+    datamodule = instantiate(cfg.data, _convert_="all")
     net = build_network(cfg.model)
     if cfg.get("init_from"):
         src, _ = load_network(cfg.init_from)
@@ -78,6 +79,8 @@ def train(cfg) -> dict[str, float]:
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     t0 = time.perf_counter()
