@@ -107,7 +107,7 @@ def train(cfg) -> dict[str, float]:
             "metrics": metrics,
             "train_config": resolved,
         }
-        stem = str(cfg.get("name") or "model")
+        stem = str(cfg.get("name") or type(net).__name__.lower())
         dest = [out / "weights" / stem]
         if cfg.get("export_to"):
             dest.append(Path(cfg.export_to))
