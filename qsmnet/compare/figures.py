@@ -59,8 +59,8 @@ def _robust_range(values: list[np.ndarray], lo: float, hi: float) -> tuple[float
 
 def slice_figure(entry: dict, title: str = "", dpi: int = 110):
     """Orthogonal slices of the truth (when known) and each method's chi, all on one ppm scale,
-    plus error maps (chi - truth) on one symmetric scale; the truth row shows the input field in
-    the error columns.
+    plus error maps on one symmetric scale (chi - truth, each demeaned inside the mask as nRMSE
+    scores them); the truth row shows the input field in the error columns.
 
     Args:
         entry: one value of ``ComparisonResult.maps`` ({"truth", "field", "mask", "labels",
@@ -80,7 +80,11 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
     vmin, vmax = _robust_range(ref, 0.5, 99.5)
     err_cols = truth is not None
     if err_cols:
-        e = _robust_range([np.abs(r - truth)[mask] for r in recon.values()], 0.0, 99.0)[1]
+        # Errors of the maps demeaned inside the mask, as nRMSE scores them (chi has no absolute zero).
+        tm = truth[mask].mean() if mask.any() else 0.0
+        errors = {k: np.where(mask, (r - (r[mask].mean() if mask.any() else 0.0)) - (truth - tm), 0.0)
+                  for k, r in recon.items()}
+        e = _robust_range([np.abs(x)[mask] for x in errors.values()], 0.0, 99.0)[1]
         f = _robust_range([np.abs(entry["field"])[mask]], 0.0, 99.0)[1]
     ncol = 6 if err_cols else 3
     fig = Figure(figsize=(1.75 * ncol + 1.6, 1.7 * len(rows) + 0.6), dpi=dpi, layout="constrained")
@@ -99,7 +103,7 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
                 imgs, kw = orthogonal_slices(entry["field"], centre, vs), {"cmap": "PuOr_r", "vmin": -f,
                                                                            "vmax": f}
             else:
-                imgs, kw = orthogonal_slices(np.where(mask, vol - truth, 0.0), centre, vs), {
+                imgs, kw = orthogonal_slices(errors[name], centre, vs), {
                     "cmap": "RdBu_r", "vmin": -e, "vmax": e}
             for c, (img, aspect) in enumerate(imgs):
                 im = axes[r, 3 + c].imshow(img, origin="lower", aspect=aspect, interpolation="nearest", **kw)
@@ -121,7 +125,7 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
                 axes[1, 3 + c].set_title(f"error {p}", fontsize=9)
     fig.colorbar(im_chi, ax=axes[:, :3], shrink=0.8, label="χ (ppm)")
     if err_cols and im_err is not None:
-        fig.colorbar(im_err, ax=axes[1:, 3:], shrink=0.8, label="χ − truth (ppm)")
+        fig.colorbar(im_err, ax=axes[1:, 3:], shrink=0.8, label="error, demeaned (ppm)")
     if im_field is not None:
         fig.colorbar(im_field, ax=axes[0, 3:], shrink=0.8, label="field (ppm)")
     if title:
