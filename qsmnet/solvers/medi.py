@@ -70,8 +70,9 @@ def medi(
         info: filled with ``iterations``, ``residual`` and the ``lambda`` used.
         magnitude: optional magnitude image, the field's shape; edges come from it, else from
             the mask.
-        lam: TV weight or ``"auto"`` (as :func:`qsmnet.solvers.tv.tv`). Default 3e-4, tuned on
-            the phantoms of ``scripts/tune_solvers.py``.
+        lam: TV weight or ``"auto"`` (as :func:`qsmnet.solvers.tv.tv`). Default 3e-4: TV's tuned
+            value (MEDI's own sweep in ``scripts/tune_solvers.py`` is still to be run; the
+            accuracy bar of ``scripts/benchmark_solvers.py`` reports its nRMSE).
         iterations: iteration cap (default 250).
         tol: relative-update tolerance (default 1e-3).
         edge_fraction: share of in-mask voxel-directions freed from TV (default 0.3, MEDI's

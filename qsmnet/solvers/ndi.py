@@ -43,8 +43,8 @@ def ndi(
         geometry: :class:`~qsmnet.physics.Geometry` (or one per sample).
         info: filled with ``iterations``, ``residual`` and ``phase_scale``.
         magnitude: optional magnitude (data weight W = mask x magnitude / max); else W = mask.
-        iterations: iteration cap (default 100, tuned on the phantoms of
-            ``scripts/tune_solvers.py``; the paper's early stop).
+        iterations: iteration cap (default 100, the paper's early stop; the sweep in
+            ``scripts/tune_solvers.py`` is still to be run).
         step: gradient step (default 2, Polak et al.; W <= 1 and |D| <= 2/3 keep it stable).
         lam: Tikhonov weight (default 1e-6, Polak et al.).
         tol: stop when the relative chi update is below this (default 1e-3).
