@@ -1,12 +1,16 @@
-"""``qsmnet predict``: reconstruct a susceptibility map (ppm) from a local-field NIfTI."""
+"""``qsmnet predict``: reconstruct a susceptibility map (ppm) from a local-field NIfTI.
+
+One subject (``FIELD --mask MASK -o OUT``) or many with one loaded model (``--list FILE`` or
+``--bids DIR``). The method defaults to the best shipped network (``tv`` when none is shipped).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "reconstruct a susceptibility map (ppm) from a local field NIfTI with a chosen method"
+HELP = "reconstruct a susceptibility map (ppm) from a local field NIfTI with a network or a solver"
 
-_METHODS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
+_SOLVERS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
 
 
 def _lambda(text: str):
@@ -21,20 +25,73 @@ def _lambda(text: str):
     return v
 
 
+def _window(text: str):
+    if text.lower() in ("auto", "off"):
+        return text.lower()
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, off or a window edge in voxels, got {text!r}"
+        ) from None
+    if v < 8:
+        raise argparse.ArgumentTypeError(f"window must be at least 8 voxels, got {v}")
+    return v
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return v
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("field", metavar="FIELD", help="local field map, 3D NIfTI (see --units)")
-    parser.add_argument("--mask", required=True, help="brain mask on the field's grid (non-zero inside)")
-    parser.add_argument(
-        "-o", "--output", required=True, help="output chi NIfTI (ppm); a .json sidecar is written beside it"
+    parser.add_argument("field", metavar="FIELD", nargs="?", help="local field map, 3D NIfTI (see --units)")
+    parser.add_argument("--mask", help="brain mask on the field's grid (non-zero inside)")
+    parser.add_argument("-o", "--output", help="output chi NIfTI (ppm); a .json sidecar is written beside it")
+    many = parser.add_argument_group("many subjects, one loaded model (instead of FIELD --mask -o)")
+    many.add_argument(
+        "--list",
+        dest="list_file",
+        metavar="FILE",
+        help="file of 'FIELD MASK OUT' lines (paths relative to the file's folder)",
     )
-    parser.add_argument("--method", default=None, help=f"reconstruction method: {_METHODS} (default: tv)")
-    g = parser.add_argument_group("method parameters (defaults: the method's own, see its docstring)")
+    many.add_argument("--bids", metavar="DIR", help="BIDS-like folder: *_Localfield.nii* + *_mask.nii* per "
+                      "subject -> DIR/derivatives/qsmnet/sub-*/.../*_Chimap.nii.gz")  # fmt: skip
+    parser.add_argument("--method", default=None, help=f"a shipped network or a solver ({_SOLVERS}); "
+                        "default: the best shipped network (tv if none)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="network weights (.safetensors + .json, or .ckpt)"
+    )
+    g = parser.add_argument_group("solver parameters (defaults: the method's own, see its docstring)")
     g.add_argument(
         "--lambda", dest="lam", type=_lambda, help="regularisation weight, or 'auto' (tikhonov, tv, medi)"
     )
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")
     g.add_argument("--threshold", type=float, help="kernel threshold of tkd / tsvd")
     g.add_argument("--tol", type=float, help="stopping tolerance of iterative methods")
+    n = parser.add_argument_group("network options")
+    n.add_argument("--window", type=_window, help="sliding-window edge (voxels), 'off' (whole volume) or "
+                   "'auto' (default: whole volume when the memory estimate fits)")  # fmt: skip
+    n.add_argument("--overlap", type=float, help="sliding-window overlap fraction (default 0.5)")
+    n.add_argument(
+        "--max-memory",
+        type=_positive(float),
+        metavar="GB",
+        help="memory budget in GB (default: half the free memory of the device)",
+    )
+    n.add_argument("--half", action="store_true", help="float16 autocast on CUDA (ignored on the CPU)")
+    n.add_argument(
+        "--refine", type=int, metavar="N", help="N Adam steps of test-time data-consistency tuning"
+    )
+    n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
     parser.add_argument(
         "--magnitude", help="magnitude image on the field's grid (medi edges, medi/ndi weights)"
     )
@@ -53,41 +110,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--b0", type=float, help="field strength (T), for --units hz/rad")
     parser.add_argument("--te", type=float, help="echo time (s), for --units rad")
+    parser.add_argument("--residual-map", metavar="PATH", help="also write M (D * chi - f) (ppm) here")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (--list/--bids)")
+
+
+def _params(args) -> dict:
+    pairs = [
+        ("lam", args.lam),
+        ("iterations", args.iterations),
+        ("threshold", args.threshold),
+        ("tol", args.tol),
+        ("window", args.window),
+        ("overlap", args.overlap),
+        ("max_memory", args.max_memory * 1024**3 if args.max_memory else None),
+        ("half", True if args.half else None),
+        ("refine", args.refine),
+        ("refine_lr", args.refine_lr),
+    ]
+    return {k: v for k, v in pairs if v is not None}
 
 
 def run(args) -> int:
-    from qsmnet.inference import DEFAULT_METHOD, predict_file
+    from qsmnet.errors import QSMNetError
 
-    params = {
-        k: v
-        for k, v in (
-            ("lam", args.lam),
-            ("iterations", args.iterations),
-            ("threshold", args.threshold),
-            ("tol", args.tol),
-        )
-        if v is not None
-    }
-    side = predict_file(
-        args.field,
-        args.mask,
-        args.output,
-        method=args.method or DEFAULT_METHOD,
-        params=params,
-        units=args.units,
-        b0=args.b0,
-        te=args.te,
-        voxel_size=args.voxel_size,
-        b0_dir=args.b0_dir,
-        magnitude_path=args.magnitude,
-        device=args.device,
-        force=args.force,
-    )
-    res = side["residual"]
-    print(
-        f"{args.output}: {side['method']} on {side['device']}, {side['iterations']} iterations, "
-        f"residual {res:.3g}, {side['seconds']:.2f} s"
-    )
+    if args.method and args.checkpoint:
+        raise QSMNetError("give --method or --checkpoint, not both")
+    if args.refine is not None and args.refine < 0:
+        raise QSMNetError(f"--refine must be >= 0, got {args.refine}")
+    method = args.checkpoint or args.method
+    batch = [x for x in (args.list_file, args.bids) if x]
+    common = dict(units=args.units, b0=args.b0, te=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir,
+                  magnitude_path=args.magnitude, device=args.device, force=args.force)  # fmt: skip
+    if batch:
+        if len(batch) > 1 or args.field or args.mask or args.output or args.residual_map or args.magnitude:
+            raise QSMNetError("--list/--bids take no FIELD, --mask, -o, --residual-map or --magnitude")
+        return _run_many(args, method, common)
+    missing = [n for n, v in (("FIELD", args.field), ("--mask", args.mask), ("-o", args.output)) if not v]
+    if missing:
+        raise QSMNetError(f"missing {', '.join(missing)} (or use --list FILE / --bids DIR)")
+
+    from qsmnet.inference import predict_file
+
+    side = predict_file(args.field, args.mask, args.output, method=method, params=_params(args),
+                        residual_map=args.residual_map, **common)  # fmt: skip
+    print(_summary(args.output, side))
     return 0
+
+
+def _summary(out, side: dict) -> str:
+    model = side.get("model")
+    what = f"{side['method']} ({model['version']})" if model else side["method"]
+    its = f", {side['iterations']} iterations" if side.get("iterations") is not None else ""
+    inf = side.get("inference") or {}
+    mode = f", {inf['mode']}" if inf else ""
+    ref = side.get("refine")
+    refined = f", refined {ref['residual_before']:.3g} -> {ref['residual_after']:.3g}" if ref else ""
+    return (f"{out}: {what} on {side['device']}{mode}{its}, residual {side['residual']:.3g}{refined}, "
+            f"{side['wall_seconds']:.2f} s")  # fmt: skip
+
+
+def _run_many(args, method, common) -> int:
+    from qsmnet.inference import find_bids_subjects, predict_many, read_subject_list
+
+    subjects = read_subject_list(args.list_file) if args.list_file else find_bids_subjects(args.bids)
+    results = predict_many(subjects, method=method, params=_params(args), progress=not args.no_progress,
+                           make_dirs=bool(args.bids), **common)  # fmt: skip
+    failed = [r for r in results if "error" in r]
+    for r in results:
+        if "sidecar" in r:
+            print(_summary(r["subject"].out, r["sidecar"]))
+    print(f"{len(results) - len(failed)} of {len(results)} subject(s) reconstructed"
+          + (f", {len(failed)} failed" if failed else ""))  # fmt: skip
+    return 1 if failed else 0

@@ -1,5 +1,39 @@
-"""Inference: file-level prediction shared by every method (solvers now, networks later)."""
+"""Inference: one call for networks and classical solvers, file-level prediction, many subjects.
 
-from .pipeline import DEFAULT_METHOD, get_method, method_names, predict_file, resolve_device
+- :func:`get_method` (solvers, shipped networks, network files, ``"default"``) and
+  :func:`default_method` (the best shipped network, else ``tv``): :mod:`.methods`;
+- :class:`NetworkMethod`: a loaded network answering the method call, with sliding windows,
+  half precision and test-time refinement: :mod:`.network`, :mod:`.windows`, :mod:`.refine`;
+- :func:`predict_file` (NIfTI in, chi NIfTI + sidecar out) and :func:`predict_many`.
 
-__all__ = ["DEFAULT_METHOD", "get_method", "method_names", "predict_file", "resolve_device"]
+``DEFAULT_METHOD`` is the name :func:`default_method` gives, read when accessed (it changes when
+network weights are shipped), without the note on stderr.
+"""
+
+from __future__ import annotations
+
+from .batch import Subject, find_bids_subjects, predict_many, read_subject_list
+from .methods import PREFERRED_NETWORKS, default_method, get_method, method_names
+from .network import NetworkMethod
+from .pipeline import predict_file, resolve_device
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "PREFERRED_NETWORKS",
+    "NetworkMethod",
+    "Subject",
+    "default_method",
+    "find_bids_subjects",
+    "get_method",
+    "method_names",
+    "predict_file",
+    "predict_many",
+    "read_subject_list",
+    "resolve_device",
+]
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_METHOD":
+        return default_method(quiet=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,46 +1,42 @@
 """File-level prediction: NIfTI field (+ mask) in, chi NIfTI + JSON sidecar out.
 
-One path for every method: :func:`get_method` maps a name to a callable answering
-``method(field, mask, geometry, *, info=None, **params) -> chi`` (for now the classical solvers
-of :mod:`qsmnet.solvers`; networks join here later).
+One path for every method (networks and classical solvers, see :mod:`qsmnet.inference.methods`):
+read and check the inputs, convert the field to ppm, take the geometry from the affine, warn about
+suspicious inputs, run the method, and write chi (ppm, float32, the input's grid and affine) with a
+sidecar (method and model version, units, B0 direction and its source, voxel size, relative
+data-consistency residual ``||M (D * chi - f)|| / ||M f||``, wall time, device, warnings).
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
 
 import numpy as np
 
 from qsmnet.errors import QSMNetError
 
-#: Method used when none is named.
-DEFAULT_METHOD = "tv"
+from .methods import DEFAULT_ALIAS, default_method, get_method, method_names  # noqa: F401 (re-exported)
+
+#: A mask covering more than this fraction of the volume draws a warning (no background left).
+FULL_MASK_FRACTION = 0.98
+_RESERVED = ("field", "mask", "geometry", "info")
 
 
-def get_method(name: str) -> Callable:
-    """The method registered under ``name`` (a classical solver for now).
+def resolve_device(device="auto"):
+    """``"auto"`` -> CUDA when available else CPU (with a note on stderr); ``"cuda"`` must exist.
 
-    Raises:
-        QSMNetError: unknown name, listing the choices.
+    A :class:`torch.device` is returned unchanged.
     """
-    from qsmnet.solvers import get_solver
-
-    return get_solver(name)
-
-
-def method_names() -> list[str]:
-    """Names :func:`get_method` accepts."""
-    from qsmnet.solvers import SOLVERS
-
-    return sorted(SOLVERS)
-
-
-def resolve_device(device: str = "auto"):
-    """``"auto"`` -> CUDA when available else CPU (with a note on stderr); ``"cuda"`` must exist."""
     import torch
 
+    if isinstance(device, torch.device):
+        return device
     device = (device or "auto").lower()
     if device == "auto":
         if torch.cuda.is_available():
@@ -54,6 +50,16 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
+def print_warning(message: str) -> None:
+    """Default warning sink: one line on stderr."""
+    print(f"qsmnet: warning: {message}", file=sys.stderr)
+
+
+def method_label(fn: Callable, fallback: str = "method") -> str:
+    """The name a method is reported under (solver name, network name)."""
+    return str(getattr(fn, "solver_name", None) or getattr(fn, "name", None) or fallback)
+
+
 def _check_like(vol, ref, what: str) -> None:
     if vol.data.shape[:3] != ref.data.shape[:3] or vol.data.ndim != 3:
         raise QSMNetError(
@@ -63,11 +69,102 @@ def _check_like(vol, ref, what: str) -> None:
         raise QSMNetError(f"{what} {vol.path} is not on the field's grid (its affine differs)")
 
 
+@dataclass
+class Inputs:
+    """Checked inputs of one subject.
+
+    Attributes:
+        volume: the field's NIfTI (affine and header are reused for the output).
+        field: (X, Y, Z) float32 field in ppm, zero outside the mask.
+        mask: (X, Y, Z) bool mask.
+        geometry: grid, voxel size (mm) and B0 direction (voxel axes) used.
+        b0_source: ``"affine"`` or ``"override"``.
+        warnings: one line per suspicious property (not fatal).
+    """
+
+    volume: object
+    field: np.ndarray
+    mask: np.ndarray
+    geometry: object
+    b0_source: str
+    warnings: list[str] = dc_field(default_factory=list)
+
+
+def load_inputs(field_path, mask_path, units="ppm", b0=None, te=None, voxel_size=None, b0_dir=None) -> Inputs:
+    """Read and check a field and its mask; convert the field to ppm.
+
+    Raises:
+        QSMNetError: missing/corrupt/non-NIfTI file, 4D field, mask of another shape or affine,
+            empty mask, NaN/Inf inside the mask, or missing ``b0``/``te`` for the units.
+    """
+    from qsmnet.io import guess_units, load_nifti
+    from qsmnet.physics import Geometry, to_ppm
+
+    vol = load_nifti(field_path, what="field")
+    if vol.data.ndim != 3:
+        raise QSMNetError(
+            f"field file {vol.path} is {vol.data.ndim}D {vol.data.shape}; a 3D local field is needed"
+        )
+    mask = load_nifti(mask_path, what="mask")
+    _check_like(mask, vol, "mask")
+    m = mask.data != 0
+    if not m.any():
+        raise QSMNetError(f"mask {mask.path} is empty (no non-zero voxel)")
+    if not np.isfinite(vol.data[m]).all():
+        raise QSMNetError(f"field {vol.path} has NaN or Inf values inside the mask")
+    try:
+        f = np.asarray(to_ppm(np.where(m, vol.data, 0.0), units, b0=b0, te=te), dtype=np.float32)
+    except ValueError as e:
+        raise QSMNetError(str(e)) from None
+
+    geometry, source = vol.geometry, "affine"
+    if voxel_size is not None:
+        geometry = geometry.with_(voxel_size=tuple(float(v) for v in voxel_size))
+    if b0_dir is not None:
+        geometry, source = geometry.with_(b0_dir=tuple(float(v) for v in b0_dir)), "override"
+    geometry = Geometry(geometry.shape, geometry.voxel_size, geometry.b0_dir)
+
+    warnings = []
+    guess = guess_units(vol.data, m)
+    if units.lower() == "ppm" and guess != "ppm":
+        p99 = float(np.percentile(np.abs(vol.data[m]), 99))
+        hint = "--units rad --te TE --b0 B0" if guess == "rad" else "--units hz --b0 B0"
+        warnings.append(
+            f"field values look like {guess}, not ppm (99th percentile |f| = {p99:.3g}); if so pass {hint}"
+        )
+    if m.mean() > FULL_MASK_FRACTION:
+        warnings.append(f"mask {mask.path} covers {100 * m.mean():.0f}% of the volume; is it a brain mask?")
+    return Inputs(vol, f, m, geometry, source, warnings)
+
+
+def data_residual(chi, field, mask, geometry):
+    """Relative data-consistency residual and its map.
+
+    Args:
+        chi, field, mask: (X, Y, Z) tensors (ppm, ppm, 0/1) on one device.
+        geometry: their :class:`~qsmnet.physics.Geometry`.
+
+    Returns:
+        ``(||M (D * chi - f)|| / ||M f||, M (D * chi - f))``, D the unpadded (circular) dipole
+        convolution on the grid, the map in ppm.
+    """
+    import torch
+
+    from qsmnet.physics import DipoleOperator
+
+    with torch.no_grad():
+        op = DipoleOperator(geometry).to(chi.device)
+        m = mask.to(torch.float32)
+        r = m * (op.A(chi.to(torch.float32)) - field)
+        rel = float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(m * field).clamp_min(1e-20))
+    return rel, r
+
+
 def predict_file(
     field_path,
     mask_path,
     out_path,
-    method: str = DEFAULT_METHOD,
+    method: str | Callable | None = None,
     params: dict | None = None,
     units: str = "ppm",
     b0: float | None = None,
@@ -75,8 +172,10 @@ def predict_file(
     voxel_size: Sequence[float] | None = None,
     b0_dir: Sequence[float] | None = None,
     magnitude_path=None,
-    device: str = "auto",
+    device="auto",
     force: bool = False,
+    residual_map=None,
+    warn: Callable[[str], None] | None = print_warning,
 ) -> dict:
     """Reconstruct chi (ppm) from a local-field NIfTI and write it beside a JSON sidecar.
 
@@ -84,16 +183,19 @@ def predict_file(
         field_path: 3D local field (``units``), NIfTI.
         mask_path: brain mask on the field's grid (non-zero inside).
         out_path: output chi NIfTI (ppm, the field's grid and affine); ``<stem>.json`` beside it.
-        method: a name from :func:`method_names`.
-        params: method parameters (e.g. ``{"lam": 3e-4, "iterations": 250}``).
+        method: a name or path for :func:`get_method`, an already loaded method (reuse one network
+            over many subjects), or None for :func:`default_method`.
+        params: method parameters (e.g. ``{"lam": 3e-4}`` for tv, ``{"refine": 5}`` for a network).
         units: the field's units, ``ppm``, ``hz`` (needs ``b0``) or ``rad`` (needs ``b0``, ``te``).
         b0: field strength (T).
         te: echo time (s).
         voxel_size: override of the header's voxel size (mm).
         b0_dir: override of the B0 direction (voxel axes) derived from the affine.
         magnitude_path: optional magnitude image (used by methods that take ``magnitude``).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or a :class:`torch.device`.
         force: overwrite existing outputs.
+        residual_map: optional NIfTI path for ``M (D * chi - f)`` (ppm).
+        warn: called with each warning line (default: printed on stderr); also in the sidecar.
 
     Returns:
         The sidecar dict that was written.
@@ -101,83 +203,107 @@ def predict_file(
     Raises:
         QSMNetError: any user-fixable problem; no output file is written then.
     """
-    import inspect
-
     import torch
 
     from qsmnet.io import check_output, load_nifti, save_nifti
-    from qsmnet.physics import Geometry, to_ppm
 
+    t_start = time.perf_counter()
     check_output(out_path, force)
-    fn = get_method(method)
+    if residual_map is not None:
+        check_output(residual_map, force)
+        if str(residual_map) == str(out_path):
+            raise QSMNetError("--residual-map must differ from the output path")
+    name = default_method() if method is None or method == DEFAULT_ALIAS else method
+    fn = get_method(name)
+    label = method_label(fn, str(name))
     params = dict(params or {})
     accepted = inspect.signature(fn).parameters
-    unknown = sorted(k for k in params if k not in accepted or k in ("field", "mask", "geometry", "info"))
+    unknown = sorted(k for k in params if k not in accepted or k in _RESERVED)
     if unknown:
-        raise QSMNetError(f"method {method!r} does not take parameter(s) {', '.join(unknown)}")
+        raise QSMNetError(f"method {label!r} does not take parameter(s) {', '.join(unknown)}")
 
-    field = load_nifti(field_path, what="field")
-    if field.data.ndim != 3:
-        raise QSMNetError(
-            f"field file {field.path} is {field.data.ndim}D {field.data.shape}; a 3D local field is needed"
-        )
-    mask = load_nifti(mask_path, what="mask")
-    _check_like(mask, field, "mask")
-    m = mask.data != 0
-    if not m.any():
-        raise QSMNetError(f"mask {mask.path} is empty (no non-zero voxel)")
-    if not np.isfinite(field.data[m]).all():
-        raise QSMNetError(f"field {field.path} has NaN or Inf values inside the mask")
-    try:
-        f = np.asarray(to_ppm(np.where(m, field.data, 0.0), units, b0=b0, te=te), dtype=np.float32)
-    except ValueError as e:
-        raise QSMNetError(str(e)) from None
-
-    geometry = field.geometry
-    b0_source = "affine"
-    if voxel_size is not None:
-        geometry = geometry.with_(voxel_size=tuple(float(v) for v in voxel_size))
-    if b0_dir is not None:
-        geometry = geometry.with_(b0_dir=tuple(float(v) for v in b0_dir))
-        b0_source = "override"
-    geometry = Geometry(geometry.shape, geometry.voxel_size, geometry.b0_dir)
+    inp = load_inputs(field_path, mask_path, units, b0, te, voxel_size, b0_dir)
+    warnings = list(inp.warnings)
+    if hasattr(fn, "check_geometry"):
+        warnings += fn.check_geometry(inp.geometry)
+    for w in warnings:
+        if warn is not None:
+            warn(w)
 
     dev = resolve_device(device)
+    if params.get("half") and dev.type != "cuda":
+        print("qsmnet: note: --half needs a CUDA device; running in float32", file=sys.stderr)
+        params["half"] = False
     if magnitude_path is not None:
         if "magnitude" not in accepted:
-            raise QSMNetError(f"method {method!r} does not use a magnitude image (try medi or ndi)")
+            raise QSMNetError(f"method {label!r} does not use a magnitude image (try medi or ndi)")
         mag = load_nifti(magnitude_path, what="magnitude")
-        _check_like(mag, field, "magnitude")
+        _check_like(mag, inp.volume, "magnitude")
         params["magnitude"] = torch.from_numpy(np.nan_to_num(mag.data)).to(dev)
-    if method == "ndi" and "phase_scale" not in params and b0 is not None and te is not None:
+    if label == "ndi" and "phase_scale" not in params and b0 is not None and te is not None:
         from qsmnet.physics import ppm_to_rad
 
         params["phase_scale"] = float(ppm_to_rad(1.0, te=te, b0=b0))
 
     info: dict = {}
+    f_t = torch.from_numpy(inp.field).to(dev)
+    m_t = torch.from_numpy(inp.mask).to(dev)
     t0 = time.perf_counter()
-    chi = fn(torch.from_numpy(f).to(dev), torch.from_numpy(m).to(dev), geometry, info=info, **params)
+    try:
+        chi = fn(f_t, m_t, inp.geometry, info=info, **params)
+    except torch.cuda.OutOfMemoryError:
+        raise QSMNetError(
+            "out of GPU memory: pass a smaller --window or --max-memory, or --device cpu"
+        ) from None
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    chi = chi.detach().to(torch.float32) * m_t
+    residual, rmap = data_residual(chi, f_t, m_t, inp.geometry)
 
     shown = {k: v for k, v in params.items() if k != "magnitude"}
     if magnitude_path is not None:
         shown["magnitude"] = str(magnitude_path)
     sidecar = {
-        "method": method,
+        "method": label,
         "parameters": shown,
         "iterations": info.get("iterations"),
-        "residual": info.get("residual"),
+        "residual": residual,
         "seconds": round(seconds, 4),
         "device": str(dev),
         "units_in": units,
-        "b0_dir": list(geometry.b0_dir),
-        "b0_dir_source": b0_source,
-        "voxel_size": list(geometry.voxel_size),
+        "b0_dir": list(inp.geometry.b0_dir),
+        "b0_dir_source": inp.b0_source,
+        "b0_tilt_deg": round(inp.geometry.tilt_deg, 3),
+        "voxel_size": list(inp.geometry.voxel_size),
         "units_out": "ppm",
+        "warnings": warnings,
     }
-    if "lambda" in info:
-        sidecar["lambda"] = info["lambda"]
-    save_nifti(out_path, chi.detach().cpu().numpy(), field.affine, field.header, force=force, sidecar=sidecar)
+    if "residual" in info and info["residual"] is not None:
+        sidecar["residual_method"] = info["residual"]
+    for key in ("lambda", "model", "inference", "half", "refine"):
+        if key in info:
+            sidecar[key] = info[key]
+    if residual_map is not None:
+        sidecar["residual_map"] = str(residual_map)
+    chi_np = chi.cpu().numpy()
+    sidecar["wall_seconds"] = round(time.perf_counter() - t_start, 4)
+    if residual_map is not None:
+        save_nifti(
+            residual_map,
+            rmap.cpu().numpy(),
+            inp.volume.affine,
+            inp.volume.header,
+            force=force,
+            sidecar={"description": "M (D * chi - f), ppm", "chi": str(out_path), "residual": residual},
+        )
+    try:
+        save_nifti(out_path, chi_np, inp.volume.affine, inp.volume.header, force=force, sidecar=sidecar)
+    except BaseException:
+        if residual_map is not None:  # never leave a residual map without its chi
+            from qsmnet.io import sidecar_path
+
+            for p in (Path(residual_map), sidecar_path(residual_map)):
+                p.unlink(missing_ok=True)
+        raise
     return sidecar
