@@ -31,6 +31,8 @@ MEMORY_FRACTION = 0.5
 FALLBACK_AVAILABLE = 4 * 1024**3
 #: Window overlap (fraction of the window) of sliding-window inference.
 DEFAULT_OVERLAP = 0.5
+#: Fraction of a window, at each windowed face, that serves only as context (see :func:`context_weights`).
+CONTEXT_FRACTION = 0.125
 #: Smallest and largest window edge (voxels) chosen automatically; edges are multiples of 16.
 MIN_WINDOW, MAX_WINDOW = 32, 256
 
@@ -107,6 +109,24 @@ def margin_for(roi: Sequence[int], shape: Sequence[int], multiple: int = 1) -> t
     return tuple(-(-(r // 4) // multiple) * multiple if r < s else 0 for r, s in zip(roi, shape, strict=True))
 
 
+def context_weights(roi: Sequence[int], windowed: Sequence[bool], device=None) -> torch.Tensor:
+    """Blending weight of one window: MONAI's Gaussian (sigma = roi / 8), with a ring of
+    :data:`CONTEXT_FRACTION` of the window on each windowed face set to (almost) zero, so the
+    voxels next to a window's edge, which miss the field of sources beyond it, are taken from a
+    neighbouring window instead. Returns (1, 1, *roi) float32."""
+    from monai.data.utils import compute_importance_map
+
+    w = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=0.125, device=device)
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(1, 1, *roi).clone()
+    floor = 1e-6 * float(w.min())
+    for axis, (r, on) in enumerate(zip(roi, windowed, strict=True)):
+        c = max(1, int(r * CONTEXT_FRACTION)) if on else 0
+        if c:
+            w.narrow(axis + 2, 0, c).fill_(floor)
+            w.narrow(axis + 2, r - c, c).fill_(floor)
+    return w
+
+
 def sliding_windows(
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     field: torch.Tensor,
@@ -139,7 +159,7 @@ def sliding_windows(
     roi = tuple(min(int(r), s) for r, s in zip(roi, shape, strict=True))
     m = margin_for(roi, shape, multiple)
     # End padding so the last window's corner (padded - roi) also lies on the multiple grid.
-    end = [mi + (-(s + 2 * mi - r)) % multiple if r < s else 0 for mi, s, r in zip(m, shape, roi, strict=True)]
+    end = [mi + (r - s - 2 * mi) % multiple if r < s else 0 for mi, s, r in zip(m, shape, roi, strict=True)]
     x = nn.functional.pad(torch.cat([field, mask], dim=1), (m[2], end[2], m[1], end[1], m[0], end[0]))
     # Per-axis overlap whose scan interval int(roi * (1 - overlap)) is a multiple of ``multiple``.
     overlaps = []
@@ -151,7 +171,14 @@ def sliding_windows(
         return fn(window[:, :1], window[:, 1:2]).float()
 
     out = sliding_window_inference(
-        x, roi, 1, predictor, overlap=overlaps, mode="gaussian", padding_mode="constant"
+        x,
+        roi,
+        1,
+        predictor,
+        overlap=overlaps,
+        mode="gaussian",
+        padding_mode="constant",
+        roi_weight_map=context_weights(roi, [r < s for r, s in zip(roi, shape, strict=True)], x.device),
     )
     out = torch.as_tensor(out)[..., m[0] : m[0] + shape[0], m[1] : m[1] + shape[1], m[2] : m[2] + shape[2]]
     return out.contiguous() * mask
