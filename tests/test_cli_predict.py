@@ -115,3 +115,286 @@ def test_4d_field_and_empty_mask_rejected(case, capsys):
     assert predict(paths["field"], empty, out) == 2
     assert "empty" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- networks, units, geometry, warnings, bad inputs, many subjects (issue 6) -----------------------
+
+TINY = {"_target_": "qsmnet.models.LPCNN", "iterations": 2, "features": 4, "depth": 2}
+
+
+@pytest.fixture
+def net_path(tmp_path):
+    """Untrained tiny LPCNN weights (a Tikhonov start plus data-consistency steps: a real inversion)."""
+    from qsmnet.models.io import build_network, save_weights
+
+    return save_weights(build_network(TINY), TINY, tmp_path / "nets" / "tiny")
+
+
+def blob_case(folder, tag, n=23, b0_dir=(0.0, 0.0, 1.0), affine=None, seed=5):
+    """chi, mask and the qsm-forward field written as ``<tag>_field/_mask.nii.gz``."""
+    rng = np.random.default_rng(seed)
+    x = np.stack(np.meshgrid(*[np.arange(n) - n // 2] * 3, indexing="ij")).astype(float)
+    mask = ((x / (0.42 * n)) ** 2).sum(0) < 1
+    chi = sum(0.1 * np.exp(-((x - c) ** 2).sum(0) / 6.0) for c in rng.uniform(-n / 5, n / 5, (5, 3, 1, 1, 1)))
+    chi = (chi * mask).astype(np.float32)
+    field = (qsm_forward.generate_field(chi, mask, B0_dir=list(b0_dir)) * mask).astype(np.float32)
+    aff = np.eye(4) if affine is None else affine
+    nib.save(nib.Nifti1Image(field, aff), folder / f"{tag}_field.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), folder / f"{tag}_mask.nii.gz")
+    return chi, mask, field
+
+
+def nrmse_demeaned(est, truth, mask):
+    e, t = est[mask] - est[mask].mean(), truth[mask] - truth[mask].mean()
+    return float(np.linalg.norm(e - t) / np.linalg.norm(t))
+
+
+def sidecar(out):
+    return json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+
+
+def test_network_end_to_end_sidecar_and_residual_map(case, net_path, capsys):
+    paths, aff, mask, tmp = case
+    out, res = tmp / "chi.nii.gz", tmp / "res.nii.gz"
+    rc = predict(paths["field"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu",
+                 "--residual-map", res)  # fmt: skip
+    assert rc == 0
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.float32 and img.shape == (N, N, N)
+    np.testing.assert_allclose(img.affine, aff)
+    side = sidecar(out)
+    assert side["method"] == "tiny" and side["model"]["version"].startswith("sha256:")
+    assert side["model"]["class"] == "LPCNN" and side["inference"]["mode"] == "whole"
+    assert side["units_in"] == "ppm" and side["b0_dir_source"] == "affine" and side["b0_dir"] == [0, 0, 1]
+    assert side["voxel_size"] == [1, 1, 1] and side["device"] == "cpu" and side["wall_seconds"] > 0
+    assert side["warnings"] == [] and 0 < side["residual"] < 1
+    # The residual map is M (D chi - f) under an independent forward model (qsm-forward, unpadded).
+    chi = img.get_fdata()
+    f = nib.load(paths["field"]).get_fdata()
+    r = nib.load(res).get_fdata()
+    expected = (qsm_forward.generate_field(chi, np.ones_like(mask)) - f) * mask
+    np.testing.assert_allclose(r, expected, atol=2e-3 * np.abs(f).max())
+    assert np.linalg.norm(r) / np.linalg.norm(f * mask) == pytest.approx(side["residual"], rel=1e-3)
+    assert "residual" in capsys.readouterr().out
+
+
+def test_three_unit_options_give_the_same_chi(tmp_path, net_path):
+    from qsmnet.physics import ppm_to_hz, ppm_to_rad
+
+    _, mask, field = blob_case(tmp_path, "u")
+    nib.save(nib.Nifti1Image(ppm_to_hz(field, 3.0).astype(np.float32), np.eye(4)), tmp_path / "hz.nii.gz")
+    rad = ppm_to_rad(field, te=0.02, b0=3.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(rad, np.eye(4)), tmp_path / "rad.nii.gz")
+    m = tmp_path / "u_mask.nii.gz"
+    runs = {
+        "ppm": (tmp_path / "u_field.nii.gz", []),
+        "hz": (tmp_path / "hz.nii.gz", ["--units", "hz", "--b0", 3]),
+        "rad": (tmp_path / "rad.nii.gz", ["--units", "rad", "--te", 0.02, "--b0", 3]),
+    }
+    chis = {}
+    for units, (f, extra) in runs.items():
+        out = tmp_path / f"chi_{units}.nii.gz"
+        assert predict(f, m, out, "--checkpoint", net_path, "--device", "cpu", *extra) == 0
+        chis[units] = nib.load(out).get_fdata()
+        assert sidecar(out)["units_in"] == units and sidecar(out)["warnings"] == []
+    assert np.abs(chis["ppm"][mask]).max() > 0.01
+    for units in ("hz", "rad"):
+        np.testing.assert_allclose(chis[units], chis["ppm"], atol=1e-5)
+
+
+def test_obliquity_only_in_the_affine_is_reconstructed_as_well_as_axial(tmp_path, net_path):
+    from conftest import rotation_matrix
+
+    rot = rotation_matrix((25.0, -15.0, 0.0))
+    oblique = np.eye(4)
+    oblique[:3, :3] = rot
+    chi_a, mask, _ = blob_case(tmp_path, "ax")
+    chi_o, _, _ = blob_case(tmp_path, "ob", b0_dir=rot.T @ [0, 0, 1], affine=oblique)
+    scores = {}
+    for tag, chi, extra in (("ax", chi_a, []), ("ob", chi_o, []), ("wrong", chi_o, ["--b0-dir", 0, 0, 1])):
+        src = "ax" if tag == "ax" else "ob"
+        out = tmp_path / f"{tag}.nii.gz"
+        rc = predict(tmp_path / f"{src}_field.nii.gz", tmp_path / f"{src}_mask.nii.gz", out,
+                     "--checkpoint", net_path, "--device", "cpu", *extra)  # fmt: skip
+        assert rc == 0
+        scores[tag] = nrmse_demeaned(nib.load(out).get_fdata(), chi, mask)
+    side = sidecar(tmp_path / "ob.nii.gz")
+    assert side["b0_dir_source"] == "affine" and side["b0_tilt_deg"] == pytest.approx(28.9, abs=0.1)
+    # measured: axial 0.45, oblique 0.48, oblique read as axial 0.85
+    assert scores["ob"] < 1.15 * scores["ax"]
+    assert scores["wrong"] > 1.5 * scores["ob"]
+
+
+def test_warnings_do_not_fail(case, net_path, capsys):
+    paths, aff, mask, tmp = case
+    out = tmp / "w.nii.gz"
+    # An Hz map declared as ppm, B0 tilted beyond the training range, a voxel size outside it.
+    rc = predict(paths["hz"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu",
+                 "--b0-dir", 1, 0, 0.5, "--voxel-size", 1, 1, 4)  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    warns = sidecar(out)["warnings"]
+    assert len(warns) == 3 and err.count("warning:") == 3
+    assert "not ppm" in warns[0] and "63.4 deg" in warns[1] and "4 mm" in warns[2]
+    full = tmp / "full.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((N, N, N), np.uint8), aff), full)
+    assert predict(paths["field"], full, tmp / "f.nii.gz", "--method", "tkd", "--device", "cpu") == 0
+    assert "covers 100%" in sidecar(tmp / "f.nii.gz")["warnings"][0]
+
+
+def test_half_is_ignored_on_the_cpu_with_a_note(case, net_path, capsys):
+    paths, _, _, tmp = case
+    out = tmp / "h.nii.gz"
+    assert (
+        predict(paths["field"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu", "--half")
+        == 0
+    )
+    assert "--half needs a CUDA device" in capsys.readouterr().err
+    assert sidecar(out)["half"] is False
+
+
+def test_refine_and_windows_from_the_cli(case, net_path):
+    paths, _, mask, tmp = case
+    a, b = tmp / "a.nii.gz", tmp / "b.nii.gz"
+    assert predict(paths["field"], paths["mask"], a, "--checkpoint", net_path, "--device", "cpu",
+                   "--refine", 3, "--refine-lr", 1e-3) == 0  # fmt: skip
+    ref = sidecar(a)["refine"]
+    assert ref["steps"] == 3 and ref["residual_after"] < ref["residual_before"]
+    assert predict(paths["field"], paths["mask"], b, "--checkpoint", net_path, "--device", "cpu",
+                   "--window", 12, "--overlap", 0.5) == 0  # fmt: skip
+    inf = sidecar(b)["inference"]
+    assert inf["mode"] == "windows" and inf["window"] == [12, 12, 12]
+
+
+def _bad_inputs(paths, aff, tmp):
+    """name -> (field, mask, out, message) for each kind of bad input."""
+    f, m = paths["field"], paths["mask"]
+    field = nib.load(f).get_fdata().astype(np.float32)
+    corrupt = tmp / "corrupt.nii.gz"
+    corrupt.write_bytes(nib.load(f).to_bytes()[:200])
+    text = tmp / "field.txt"
+    text.write_text("0 1 2\n")
+    small = tmp / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((N, N, N - 1), np.uint8), aff), small)
+    moved = tmp / "moved.nii.gz"
+    shifted = aff.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(nib.load(m).get_fdata().astype(np.uint8), shifted), moved)
+    nan = tmp / "nan.nii.gz"
+    field[N // 2, N // 2, N // 2] = np.nan
+    nib.save(nib.Nifti1Image(field, aff), nan)
+    empty = tmp / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((N, N, N), np.uint8), aff), empty)
+    out = tmp / "x.nii.gz"
+    return {
+        "missing": (tmp / "nope.nii.gz", m, out, "does not exist"),
+        "corrupt": (corrupt, m, out, "corrupt"),
+        "not nifti": (text, m, out, "not a NIfTI"),
+        "mask shape": (f, small, out, "shape"),
+        "mask affine": (f, moved, out, "affine differs"),
+        "nan": (nan, m, out, "NaN or Inf"),
+        "4d": (paths["field4d"], m, out, "3D"),
+        "empty mask": (f, empty, out, "empty"),
+        "no out dir": (f, m, tmp / "no" / "x.nii.gz", "does not exist"),
+    }
+
+
+BAD = [
+    "missing",
+    "corrupt",
+    "not nifti",
+    "mask shape",
+    "mask affine",
+    "nan",
+    "4d",
+    "empty mask",
+    "no out dir",
+]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_one_line_exit_2_no_output(case, net_path, capsys, kind):
+    paths, aff, _, tmp = case
+    field, mask, out, message = _bad_inputs(paths, aff, tmp)[kind]
+    capsys.readouterr()
+    assert predict(field, mask, out, "--checkpoint", net_path, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() and not out.with_name("x.json").exists()
+
+
+def test_existing_output_needs_force_and_bad_checkpoint(case, net_path, capsys):
+    paths, _, _, tmp = case
+    out = tmp / "x.nii.gz"
+    out.write_bytes(b"keep me")
+    assert predict(paths["field"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu") == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert (
+        predict(paths["field"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu", "--force")
+        == 0
+    )
+    bad = tmp / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    bad.with_suffix(".json").write_text(json.dumps({"model": TINY}))
+    fresh = tmp / "y.nii.gz"
+    assert predict(paths["field"], paths["mask"], fresh, "--checkpoint", bad, "--device", "cpu") == 2
+    assert "cannot load network weights" in capsys.readouterr().err and not fresh.exists()
+
+
+def test_many_subjects_from_a_list_with_one_failure(case, net_path, capsys):
+    paths, _, _, tmp = case
+    (tmp / "out").mkdir()
+    lst = tmp / "subjects.txt"
+    lst.write_text(
+        "field.nii.gz mask.nii.gz out/a.nii.gz\nmissing.nii.gz mask.nii.gz out/b.nii.gz\n"
+        "hz.nii.gz mask.nii.gz out/c.nii.gz  # Hz, with a warning\n"
+    )
+    rc = main(
+        ["predict", "--list", str(lst), "--checkpoint", str(net_path), "--device", "cpu", "--no-progress"]
+    )
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("error:") == 1 and "missing.nii.gz" in captured.err
+    assert "2 of 3 subject(s) reconstructed, 1 failed" in captured.out
+    assert (tmp / "out" / "a.nii.gz").is_file() and (tmp / "out" / "c.nii.gz").is_file()
+    assert not (tmp / "out" / "b.nii.gz").exists()
+
+
+def test_many_subjects_from_a_bids_folder(tmp_path, net_path, capsys):
+    for sub in ("01", "02"):
+        folder = tmp_path / "bids" / f"sub-{sub}" / "anat"
+        folder.mkdir(parents=True)
+        blob_case(folder, f"sub-{sub}", n=13)
+        for kind, new in (("field", "Localfield"), ("mask", "mask")):
+            (folder / f"sub-{sub}_{kind}.nii.gz").rename(folder / f"sub-{sub}_{new}.nii.gz")
+    rc = main(["predict", "--bids", str(tmp_path / "bids"), "--checkpoint", str(net_path), "--device", "cpu"])
+    assert rc == 0
+    for sub in ("01", "02"):
+        out = (
+            tmp_path / "bids" / "derivatives" / "qsmnet" / f"sub-{sub}" / "anat" / f"sub-{sub}_Chimap.nii.gz"
+        )
+        assert out.is_file() and sidecar(out)["method"] == "tiny"
+    assert "predict" in capsys.readouterr().err  # the progress bar
+
+
+def test_default_method_without_shipped_weights_is_tv(case, tmp_path, monkeypatch, capsys):
+    from qsmnet.models import io as mio
+
+    monkeypatch.setattr(mio, "WEIGHTS_DIR", tmp_path / "none")
+    paths, _, _, tmp = case
+    out = tmp / "d.nii.gz"
+    assert predict(paths["field"], paths["mask"], out, "--device", "cpu", "--iterations", 5) == 0
+    assert "no network weights are shipped" in capsys.readouterr().err
+    assert sidecar(out)["method"] == "tv"
+
+
+@pytest.mark.skipif(not __import__("qsmnet.models.io").models.io.available(), reason="no shipped weights")
+def test_default_method_is_the_shipped_network(case):
+    from qsmnet.inference import default_method
+
+    paths, _, mask, tmp = case
+    out = tmp / "d.nii.gz"
+    assert predict(paths["field"], paths["mask"], out, "--device", "cpu") == 0
+    side = sidecar(out)
+    assert side["method"] == default_method() and side["model"]["version"]
+    assert np.all(nib.load(out).get_fdata()[~mask] == 0)

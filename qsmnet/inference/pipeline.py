@@ -145,15 +145,15 @@ def data_residual(chi, field, mask, geometry):
         geometry: their :class:`~qsmnet.physics.Geometry`.
 
     Returns:
-        ``(||M (D * chi - f)|| / ||M f||, M (D * chi - f))``, D the unpadded (circular) dipole
-        convolution on the grid, the map in ppm.
+        ``(||M (D * chi - f)|| / ||M f||, M (D * chi - f))``, D the dipole convolution with zero
+        padding to twice the grid (no wrap-around: the physical, linear convolution), the map in ppm.
     """
     import torch
 
     from qsmnet.physics import DipoleOperator
 
     with torch.no_grad():
-        op = DipoleOperator(geometry).to(chi.device)
+        op = DipoleOperator(geometry, pad=True).to(chi.device)
         m = mask.to(torch.float32)
         r = m * (op.A(chi.to(torch.float32)) - field)
         rel = float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(m * field).clamp_min(1e-20))
