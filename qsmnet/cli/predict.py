@@ -39,6 +39,16 @@ def _window(text: str):
     return v
 
 
+def _overlap(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {text}")
+    return v
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -80,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n = parser.add_argument_group("network options")
     n.add_argument("--window", type=_window, help="sliding-window edge (voxels), 'off' (whole volume) or "
                    "'auto' (default: whole volume when the memory estimate fits)")  # fmt: skip
-    n.add_argument("--overlap", type=float, help="sliding-window overlap fraction (default 0.5)")
+    n.add_argument("--overlap", type=_overlap, help="sliding-window overlap fraction (default 0.5)")
     n.add_argument(
         "--max-memory",
         type=_positive(float),
