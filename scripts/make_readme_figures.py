@@ -24,8 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: The README's methods: the default network (``qsmnet.inference.DEFAULT_METHOD``) and three solvers.
-METHODS = ["default", "tkd", "tikhonov", "tv"]
+from qsmnet.inference.methods import shipped_networks
+
+#: The README's methods: the default method, every shipped network and three solvers.
+METHODS = ["default", *shipped_networks(), "tkd", "tikhonov", "tv"]
 
 
 def _commit() -> str:

@@ -75,9 +75,12 @@ def test_default_method_prefers_unet_and_falls_back_to_tv(tmp_path, monkeypatch,
     monkeypatch.setattr(mio, "WEIGHTS_DIR", shipped)
     assert default_method() == "tv"
     assert "no network weights" in capsys.readouterr().err
-    tiny_weights(shipped / "lpcnn")
+    tiny_weights(shipped / "lpcnn")  # shipped, but not cleared as beating TV: TV stays the default
+    assert default_method() == "tv"
+    assert "do not beat TV" in capsys.readouterr().err
+    tiny_weights(shipped / "lpcnn", extra={"default_ready": True})
     assert default_method() == "lpcnn"
-    tiny_weights(shipped / "unet", TINY_UNET)
+    tiny_weights(shipped / "unet", TINY_UNET, extra={"default_ready": True})
     assert default_method() == "unet"
     assert isinstance(get_method("default"), NetworkMethod)
     import qsmnet.inference as inf

@@ -7,7 +7,7 @@ import argparse
 
 HELP = "simulate a brain phantom and compare the default network with TKD, Tikhonov and TV (no input needed)"
 
-#: Methods of the demo, after the default one (``qsmnet.inference.DEFAULT_METHOD``).
+#: Methods of the demo, after the default one (``qsmnet.inference.DEFAULT_METHOD``) and every shipped network.
 DEMO_METHODS = ("tkd", "tikhonov", "tv")
 
 
@@ -38,6 +38,7 @@ def run(args) -> int:
     from qsmnet.compare import demo_case, run_comparison, summary_markdown
     from qsmnet.compare.cases import write_case_nifti
     from qsmnet.compare.core import check_out_dir
+    from qsmnet.inference.methods import shipped_networks
 
     if not args.voxel > 0:
         raise ValueError(f"--voxel must be positive, got {args.voxel}")
@@ -47,8 +48,9 @@ def run(args) -> int:
         print(f"qsmnet demo: simulating a {args.size}^3 brain phantom ({args.voxel:g} mm)", file=sys.stderr)
     case = demo_case(args.size, args.voxel, args.seed)
     write_case_nifti(case, out / "input" / case.name, force=True)
-    res = run_comparison(["default", *DEMO_METHODS], [case], out_dir=out, device=args.device,
-                         progress=not args.quiet, force=True)
+    methods = ["default", *shipped_networks(), *DEMO_METHODS]
+    res = run_comparison(methods, [case], out_dir=out, device=args.device, progress=not args.quiet,
+                         force=True)
     (out / f"slices_{case.name}.png").replace(out / "demo.png")
     print(summary_markdown(res), end="")
     print(f"qsmnet demo: wrote {out}/ (results.md, metrics.csv, demo.png, metrics.png, input/) "

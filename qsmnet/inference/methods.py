@@ -6,11 +6,13 @@ Every method answers ``method(field, mask, geometry, *, info=None, **params) -> 
 - a shipped network, by the name of its weights in ``qsmnet/weights`` (``"unet"``, ``"lpcnn"``),
   wrapped in a :class:`~qsmnet.inference.network.NetworkMethod`;
 - a network file (``.safetensors`` with its ``.json``, or a Lightning ``.ckpt``), by path;
-- ``"default"``: :func:`default_method`, the best shipped network (``tv`` when none is shipped).
+- ``"default"``: :func:`default_method`, the best shipped network that beats TV on the benchmark
+  (``tv`` until one does).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -34,23 +36,36 @@ def shipped_networks() -> list[str]:
     return available()
 
 
+def default_ready(name: str) -> bool:
+    """True when shipped network ``name`` is cleared to be the default: its weights' JSON says
+    ``"default_ready": true``, set only once its model card shows it beating TV on the fixed
+    benchmark set (a network that loses to TV must not silently replace it for patients)."""
+    from qsmnet.models.io import resolve_weights
+
+    try:
+        meta = json.loads(resolve_weights(name).with_suffix(".json").read_text())
+    except (OSError, ValueError, QSMNetError):
+        return False
+    return bool(meta.get("default_ready", False))
+
+
 def default_method(quiet: bool = False) -> str:
     """Name of the method used when none is given.
 
-    The first of :data:`PREFERRED_NETWORKS` whose weights are shipped, else any shipped network,
-    else :data:`FALLBACK_METHOD` (``tv``) with a one-line note on stderr (unless ``quiet``).
+    The first of :data:`PREFERRED_NETWORKS` that is shipped and :func:`default_ready`, else
+    :data:`FALLBACK_METHOD` (``tv``) with a one-line note on stderr (unless ``quiet``).
     """
     shipped = shipped_networks()
     for name in PREFERRED_NETWORKS:
-        if name in shipped:
+        if name in shipped and default_ready(name):
             return name
-    if shipped:
-        return shipped[0]
     if not quiet:
-        print(
-            f"qsmnet: note: no network weights are shipped; using the classical {FALLBACK_METHOD} solver",
-            file=sys.stderr,
+        why = (
+            f"the shipped networks ({', '.join(shipped)}) do not beat TV on the benchmark yet"
+            if shipped
+            else "no network weights are shipped"
         )
+        print(f"qsmnet: note: {why}; using the classical {FALLBACK_METHOD} solver", file=sys.stderr)
     return FALLBACK_METHOD
 
 

@@ -42,7 +42,7 @@ def next_fast_len(n: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _kernel_cached(shape, voxel_size, b0_dir, half, dtype, device) -> torch.Tensor:
-    freqs = [np.fft.fftfreq(n, d=v) for n, v in zip(shape, voxel_size)]
+    freqs = [np.fft.fftfreq(n, d=v) for n, v in zip(shape, voxel_size, strict=True)]
     kx, ky, kz = np.meshgrid(*freqs, indexing="ij", sparse=True)
     b = b0_dir
     k2 = kx * kx + ky * ky + kz * kz
@@ -103,7 +103,7 @@ def _padded_shape(shape, pad) -> tuple[int, int, int]:
         raise ValueError(f"pad must be a bool, a non-negative int or three of them, got {pad}")
     if pad == (0, 0, 0):
         return tuple(shape)
-    return tuple(next_fast_len(n + p) for n, p in zip(shape, pad))
+    return tuple(next_fast_len(n + p) for n, p in zip(shape, pad, strict=True))
 
 
 class DipoleOperator(nn.Module):

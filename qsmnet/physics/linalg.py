@@ -25,15 +25,17 @@ def gradient(x: torch.Tensor, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> 
     Returns:
         (..., 3, X, Y, Z): d/dx, d/dy, d/dz in units of x per mm.
     """
-    return torch.stack(
-        [(torch.roll(x, -1, dims=d) - x) / float(v) for d, v in zip(_SPATIAL, voxel_size)], dim=-4
-    )
+    pairs = zip(_SPATIAL, voxel_size, strict=True)
+    return torch.stack([(torch.roll(x, -1, dims=d) - x) / float(v) for d, v in pairs], dim=-4)
 
 
 def gradient_adjoint(g: torch.Tensor, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
-    """Adjoint of :func:`gradient` (minus the backward-difference divergence): (..., 3, X, Y, Z) -> (..., X, Y, Z)."""
+    """Adjoint of :func:`gradient` (minus the backward-difference divergence).
+
+    (..., 3, X, Y, Z) -> (..., X, Y, Z).
+    """
     out = None
-    for i, (d, v) in enumerate(zip(_SPATIAL, voxel_size)):
+    for i, (d, v) in enumerate(zip(_SPATIAL, voxel_size, strict=True)):
         gi = g.select(-4, i)
         term = (torch.roll(gi, 1, dims=d) - gi) / float(v)
         out = term if out is None else out + term
@@ -55,7 +57,7 @@ def gradient_kernel(
     """
     freqs = [np.fft.fftfreq(n) for n in shape[:2]] + [np.fft.rfftfreq(shape[2])]
     grids = np.meshgrid(*freqs, indexing="ij", sparse=True)
-    lap = sum((2 - 2 * np.cos(2 * np.pi * f)) / float(v) ** 2 for f, v in zip(grids, voxel_size))
+    lap = sum((2 - 2 * np.cos(2 * np.pi * f)) / float(v) ** 2 for f, v in zip(grids, voxel_size, strict=True))
     return torch.as_tensor(lap, dtype=dtype, device=device)
 
 
