@@ -8,7 +8,8 @@ Writes, under ``--out`` (default ``docs/``):
 - ``figures/demo.png``: ``qsmnet demo``'s figure (64^3 brain phantom; default network, TKD, Tikhonov, TV);
 - ``figures/benchmark_slices.png``: slices and error maps of the first benchmark case;
 - ``figures/benchmark_metrics.png``: metric chart over the benchmark cases;
-- ``benchmark_table.md``: the mean-over-cases table, with the command, date, device and commit;
+- ``benchmark_table.md``: the mean-over-cases table and nRMSE by geometry, with the command, date,
+  device and commit; the same text replaces the README's block between the BENCHMARK markers;
 - ``benchmark/metrics.csv``, ``benchmark/summary.csv``, ``benchmark/roi.csv``: the raw numbers.
 
 The benchmark set is generated into the cache on first use (see ``qsmnet.compare.benchmark_cache_dir``).
@@ -93,11 +94,46 @@ def main(argv: list[str] | None = None) -> int:
                 "extra memory during the call (see `qsmnet.compare.memory`).",
                 "",
             ]
+            text += ["nRMSE (%) by geometry, mean over the phantoms and noise levels of each group:", "",
+                     *_by_geometry(res.rows), ""]
             (out / "benchmark_table.md").write_text("\n".join(text))
+            _embed_in_readme("\n".join(text))
             print((out / "benchmark_table.md").read_text())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _by_geometry(rows) -> list[str]:
+    """Markdown table: mean nRMSE per method for each B0 orientation x voxel size group.
+
+    Case names are ``<phantom>_<orientation>_<voxel>_noise-<level>`` (see ``data/README.md``)."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    methods: list[str] = []
+    for r in rows:
+        parts = r["case"].split("_")
+        key = f"{parts[1]} {parts[2]}" if len(parts) >= 3 else r["case"]
+        groups.setdefault(key, {}).setdefault(r["method"], []).append(float(r["nrmse"]))
+        if r["method"] not in methods:
+            methods.append(r["method"])
+    lines = ["| geometry | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for key, per in groups.items():
+        cells = [f"{sum(v) / len(v):.1f}" if (v := per.get(m)) else "" for m in methods]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+README_START, README_END = "<!-- BENCHMARK:START -->", "<!-- BENCHMARK:END -->"
+
+
+def _embed_in_readme(text: str) -> None:
+    """Replace the README's block between the BENCHMARK markers with ``text``."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    src = readme.read_text()
+    if README_START in src and README_END in src:
+        head, rest = src.split(README_START, 1)
+        _, tail = rest.split(README_END, 1)
+        readme.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":
