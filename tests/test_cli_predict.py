@@ -389,12 +389,16 @@ def test_default_method_without_shipped_weights_is_tv(case, tmp_path, monkeypatc
 
 
 @pytest.mark.skipif(not __import__("qsmnet.models.io").models.io.available(), reason="no shipped weights")
-def test_default_method_is_the_shipped_network(case):
-    from qsmnet.inference import default_method
+def test_shipped_networks_run_and_default_only_when_ready(case):
+    from qsmnet.inference.methods import default_method, default_ready
+    from qsmnet.models.io import available
 
     paths, _, mask, tmp = case
-    out = tmp / "d.nii.gz"
-    assert predict(paths["field"], paths["mask"], out, "--device", "cpu") == 0
-    side = sidecar(out)
-    assert side["method"] == default_method() and side["model"]["version"]
-    assert np.all(nib.load(out).get_fdata()[~mask] == 0)
+    for name in available():
+        out = tmp / f"{name}.nii.gz"
+        assert predict(paths["field"], paths["mask"], out, "--device", "cpu", "--method", name) == 0
+        side = sidecar(out)
+        assert side["method"] == name and side["model"]["version"]
+        assert np.all(nib.load(out).get_fdata()[~mask] == 0)
+    ready = [n for n in available() if default_ready(n)]
+    assert (default_method(quiet=True) in ready) if ready else default_method(quiet=True) == "tv"
