@@ -14,15 +14,7 @@ _SOLVERS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
 
 
 def _lambda(text: str):
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"lambda must be positive, got {text}")
-    return v
+    return "auto" if text.lower() == "auto" else _positive(float)(text)
 
 
 def _window(text: str):
