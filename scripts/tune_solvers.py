@@ -26,8 +26,8 @@ GRIDS = {
     "tsvd": ("threshold", [0.05, 0.1, 0.15, 0.2]),
     "tikhonov": ("lam", [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]),
     "ilsqr": ("tol", [0.02, 0.05, 0.1, 0.2]),
-    "tv": ("lam", [3e-5, 1e-4, 3e-4, 1e-3]),
-    "medi": ("lam", [3e-5, 1e-4, 3e-4, 1e-3]),
+    "tv": ("lam", [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]),
+    "medi": ("lam", [1e-5, 2e-5, 5e-5, 1e-4, 2e-4]),
     "ndi": ("iterations", [25, 50, 100, 200]),
 }
 AUTO = ("tikhonov", "tv", "medi")

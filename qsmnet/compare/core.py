@@ -179,7 +179,7 @@ def run_comparison(
 
     Args:
         methods: see :func:`qsmnet.compare.methods.normalise_methods`, e.g.
-            ``{"tkd": {"method": "tkd"}, "tv": {"method": "tv", "lam": 3e-4}}`` or
+            ``{"tkd": {"method": "tkd"}, "tv": {"method": "tv", "lam": 5e-5}}`` or
             ``["default", "tkd", "tikhonov", "tv"]``.
         cases: :class:`Case` objects, ``QSMSample`` objects or ``(name, QSMSample)`` pairs (as
             :func:`qsmnet.data.load_benchmark` returns); truth (``chi``) and ``meta["labels"]``

@@ -1,6 +1,8 @@
 """Datasets, patching and the LightningDataModule. Imports sim, io and physics.
 
 - :class:`SimulatedQSMDataset`: on-the-fly simulated samples (IterableDataset, seeded per sample).
+- :class:`PrecomputedDataset`: simulated volumes with a cached classical estimate (e.g. TV), as
+  patches, for networks that refine it.
 - :class:`NiftiFolderDataset`: (field, mask[, chi]) NIfTI cases, BIDS derivatives accepted.
 - :class:`QSMDataModule`: both, from Hydra config (``conf/data/*.yaml``).
 - :func:`load_benchmark`: the fixed benchmark set written by ``qsmnet simulate --benchmark``.
@@ -8,12 +10,14 @@
 """
 
 from .augment import GridTransform, random_transform
+from .precomputed import PrecomputedDataset
 from .sample import QSMSample, collate
 from .simulated import SimulatedQSMDataset
 
 __all__ = [
     "GridTransform",
     "NiftiFolderDataset",
+    "PrecomputedDataset",
     "QSMDataModule",
     "QSMSample",
     "SimulatedQSMDataset",

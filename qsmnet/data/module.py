@@ -25,13 +25,21 @@ def _plain(d):
 
 def build_dataset(spec: dict, *, validation: bool = False):
     """A dataset from a config dict: ``{"folder": path, ...}`` gives a :class:`NiftiFolderDataset`
-    (other keys are its kwargs); anything else gives a :class:`SimulatedQSMDataset` (for
+    (other keys are its kwargs); ``{"cache_dir": path, ...}`` a :class:`PrecomputedDataset`
+    (validation: whole volumes, no augmentation); anything else a :class:`SimulatedQSMDataset` (for
     validation, ``resample_each_epoch`` defaults to False so every epoch sees the same samples)."""
     spec = dict(spec)
     if "folder" in spec:
         from .folder import NiftiFolderDataset
 
         return NiftiFolderDataset(spec.pop("folder"), **spec)
+    if "cache_dir" in spec:
+        from .precomputed import PrecomputedDataset
+
+        if validation:
+            spec.setdefault("patch_size", None)
+            spec.setdefault("augment", False)
+        return PrecomputedDataset(**spec)
     if validation:
         spec.setdefault("resample_each_epoch", False)
         spec.setdefault("augment", False)
@@ -66,14 +74,28 @@ class QSMDataModule(L.LightningDataModule):
         self.val_set = None
         self.save_hyperparameters()
 
+    def prepare_data(self) -> None:
+        """Fill the caches of precomputed datasets (once per node, before ``setup``)."""
+        for spec, val in ((self.train_spec, False), (self._val_spec(), True)):
+            if spec and "cache_dir" in spec:
+                build_dataset(spec, validation=val).prepare()
+
+    def _val_spec(self) -> dict:
+        """The validation spec, derived from the training one when not given."""
+        if self.val_spec is not None:
+            return self.val_spec
+        spec = {**self.train_spec, "seed": int(self.train_spec.get("seed", 0)) + 1, "length": 16}
+        if "cache_dir" in spec:  # 4 whole volumes
+            for k in ("length", "patch_size", "patches_per_volume"):
+                spec.pop(k, None)
+            spec["volumes"] = 4
+        return spec
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = build_dataset(self.train_spec)
         if self.val_set is None:
-            spec = self.val_spec
-            if spec is None:
-                spec = {**self.train_spec, "seed": int(self.train_spec.get("seed", 0)) + 1, "length": 16}
-            self.val_set = build_dataset(spec, validation=True)
+            self.val_set = build_dataset(self._val_spec(), validation=True)
 
     def _loader(self, ds, batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate,

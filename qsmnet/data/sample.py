@@ -19,6 +19,9 @@ class QSMSample:
         geometry: one :class:`Geometry` per sample (a tuple of length B for a batch).
         chi: true susceptibility in ppm, same shape as ``field``, or None when unknown.
         meta: free-form extras (e.g. noise level, phantom seed), merged into lists when batched.
+        init: optional precomputed initial estimate of chi in ppm (e.g. TV computed on the whole
+            volume before a patch was cut), same shape as ``field``; networks with an expensive
+            initial estimate take it instead of recomputing it (see ``QSMUNet``).
     """
 
     field: torch.Tensor
@@ -26,6 +29,7 @@ class QSMSample:
     geometry: tuple[Geometry, ...]
     chi: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    init: torch.Tensor | None = None
 
     def to(self, device) -> QSMSample:
         """A copy with the tensors on ``device``."""
@@ -35,6 +39,7 @@ class QSMSample:
             self.geometry,
             None if self.chi is None else self.chi.to(device),
             self.meta,
+            None if self.init is None else self.init.to(device),
         )
 
     def __len__(self) -> int:
@@ -45,6 +50,7 @@ def collate(samples: list[QSMSample]) -> QSMSample:
     """Stack single samples ((1, X, Y, Z) tensors) into one batch ((B, 1, X, Y, Z)); use as a
     DataLoader's ``collate_fn``. Lightning moves the batch to the device through ``QSMSample.to``."""
     has_chi = all(s.chi is not None for s in samples)
+    has_init = all(s.init is not None for s in samples)
     keys = set().union(*(s.meta for s in samples))
     return QSMSample(
         field=torch.stack([s.field for s in samples]),
@@ -52,4 +58,5 @@ def collate(samples: list[QSMSample]) -> QSMSample:
         geometry=tuple(g for s in samples for g in s.geometry),
         chi=torch.stack([s.chi for s in samples]) if has_chi else None,
         meta={k: [s.meta.get(k) for s in samples] for k in keys},
+        init=torch.stack([s.init for s in samples]) if has_init else None,
     )

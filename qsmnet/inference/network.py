@@ -236,20 +236,30 @@ def run_network(
     p: dict,
     overlap: float = W.DEFAULT_OVERLAP,
     half: bool = False,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Forward pass (no grad) of ``net`` on (1, 1, X, Y, Z) ``field``/``mask`` following plan ``p``."""
+    """Forward pass (no grad) of ``net`` on (1, 1, X, Y, Z) ``field``/``mask`` following plan ``p``.
 
-    def fn(fw: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    ``init``: the network's initial estimate if already computed (else computed here when the
+    network wants it precomputed on the whole volume)."""
+
+    def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None) -> torch.Tensor:
         # The network builds its dipole operator on the window's shape with this geometry.
+        kw = {} if iw is None else {"init": iw}
         if half:
             with torch.autocast("cuda", dtype=torch.float16):
-                return net(fw, mw, geometry).float()
-        return net(fw, mw, geometry)
+                return net(fw, mw, geometry, **kw).float()
+        return net(fw, mw, geometry, **kw)
 
     with torch.no_grad():
+        # An iterative initial estimate (QSMUNet(init="tv")) is solved once on the whole volume,
+        # never per window: the dipole field is nonlocal.
+        if init is None and getattr(net, "precomputed_init", False):
+            init = net.initial_estimate(field, mask, geometry)
         if p["mode"] == "windows":
-            return W.sliding_windows(fn, field, mask, p["roi"], overlap, int(getattr(net, "multiple", 1)))
-        return fn(field, mask).float() * mask
+            return W.sliding_windows(fn, field, mask, p["roi"], overlap, int(getattr(net, "multiple", 1)),
+                                     extra=init)
+        return fn(field, mask, init).float() * mask
 
 
 def resample_to(field: torch.Tensor, mask: torch.Tensor, geometry: Geometry, voxel_size: Sequence[float]):

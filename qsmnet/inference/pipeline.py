@@ -185,7 +185,7 @@ def predict_file(
         out_path: output chi NIfTI (ppm, the field's grid and affine); ``<stem>.json`` beside it.
         method: a name or path for :func:`get_method`, an already loaded method (reuse one network
             over many subjects), or None for :func:`default_method`.
-        params: method parameters (e.g. ``{"lam": 3e-4}`` for tv, ``{"refine": 5}`` for a network).
+        params: method parameters (e.g. ``{"lam": 5e-5}`` for tv, ``{"refine": 5}`` for a network).
         units: the field's units, ``ppm``, ``hz`` (needs ``b0``) or ``rad`` (needs ``b0``, ``te``).
         b0: field strength (T).
         te: echo time (s).

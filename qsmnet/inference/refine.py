@@ -57,7 +57,11 @@ def refine_network(
         "residual_after"}})``, residuals ``||M (A chi - f)|| / ||M f||`` of the whole volume.
     """
     p_inf = W.plan(net, geometry.shape, field.device, window, max_memory)
-    before = residual_of(net, field, mask, geometry, p_inf, overlap)
+    init = None
+    if getattr(net, "precomputed_init", False):  # solved once on the whole volume, then windowed
+        with torch.no_grad():
+            init = net.initial_estimate(field, mask, geometry)
+    before = residual_of(net, field, mask, geometry, p_inf, overlap, init)
     p = W.plan(net, geometry.shape, field.device, window, max_memory, train=True)
     tuned = copy.deepcopy(net).to(field.device)
     tuned.eval()  # keep dropout / normalisation statistics as trained
@@ -69,19 +73,20 @@ def refine_network(
     for _ in range(int(steps)):
         opt.zero_grad(set_to_none=True)
         if starts is None:
-            f, m, inner = field, mask, mask
+            f, m, inner, i0 = field, mask, mask, init
         else:
             s = starts[int(torch.randint(len(starts), (1,), generator=gen))]
             sl = (..., *(slice(a, a + r) for a, r in zip(s, p["roi"], strict=True)))
             f, m = field[sl], mask[sl]
+            i0 = None if init is None else init[sl]
             inner = m * _interior(p["roi"], m)
-        chi = tuned(f, m, geometry)
+        chi = tuned(f, m, geometry) if i0 is None else tuned(f, m, geometry, init=i0)
         loss = dc_loss(chi * m, f, inner, geometry)
         loss.backward()
         opt.step()
     for q in tuned.parameters():
         q.requires_grad_(False)
-    after = residual_of(tuned, field, mask, geometry, p_inf, overlap)
+    after = residual_of(tuned, field, mask, geometry, p_inf, overlap, init)
     return tuned, {
         "refine": {
             "steps": int(steps),
@@ -93,11 +98,11 @@ def refine_network(
     }
 
 
-def residual_of(net, field, mask, geometry, p, overlap) -> float:
+def residual_of(net, field, mask, geometry, p, overlap, init=None) -> float:
     """Relative residual ``||M (A net(f) - f)|| / ||M f||`` of ``net``'s whole-volume output."""
     from .network import run_network
 
-    chi = run_network(net, field, mask, geometry, p, overlap)
+    chi = run_network(net, field, mask, geometry, p, overlap, init=init)
     with torch.no_grad():
         return float(dc_loss(chi, field, mask, geometry).sqrt())
 

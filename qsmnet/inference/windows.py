@@ -134,6 +134,7 @@ def sliding_windows(
     roi: Sequence[int],
     overlap: float = DEFAULT_OVERLAP,
     multiple: int = 1,
+    extra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``fn(field_window, mask_window) -> chi_window`` over overlapping, Gaussian-blended windows.
 
@@ -147,6 +148,8 @@ def sliding_windows(
         multiple: window corners are kept on multiples of this (relative to the volume's corner),
             so a network with strided downsampling by ``multiple`` (a U-Net) samples each window
             on the grid it uses on the whole volume.
+        extra: optional (B, 1, X, Y, Z) volume computed on the whole grid (a network's initial
+            estimate), windowed alongside and passed as ``fn(field_w, mask_w, extra_w)``.
 
     Returns:
         (B, 1, X, Y, Z) chi (ppm) on the input's device, zero outside the mask.
@@ -160,7 +163,8 @@ def sliding_windows(
     m = margin_for(roi, shape, multiple)
     # End padding so the last window's corner (padded - roi) also lies on the multiple grid.
     end = [mi + (r - s - 2 * mi) % multiple if r < s else 0 for mi, s, r in zip(m, shape, roi, strict=True)]
-    x = nn.functional.pad(torch.cat([field, mask], dim=1), (m[2], end[2], m[1], end[1], m[0], end[0]))
+    parts = [field, mask] if extra is None else [field, mask, extra.to(field.dtype)]
+    x = nn.functional.pad(torch.cat(parts, dim=1), (m[2], end[2], m[1], end[1], m[0], end[0]))
     # Per-axis overlap whose scan interval int(roi * (1 - overlap)) is a multiple of ``multiple``.
     overlaps = []
     for r in roi:
@@ -168,7 +172,9 @@ def sliding_windows(
         overlaps.append(max(0.0, 1 - (step + 1e-6) / r))
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return fn(window[:, :1], window[:, 1:2]).float()
+        if extra is None:
+            return fn(window[:, :1], window[:, 1:2]).float()
+        return fn(window[:, :1], window[:, 1:2], window[:, 2:3]).float()
 
     out = sliding_window_inference(
         x,

@@ -1,4 +1,4 @@
-"""Pieces shared by the networks: geometry handling, the Tikhonov initial estimate, a small CNN.
+"""Pieces shared by the networks: geometry handling, the initial estimate, a small CNN.
 
 Every network answers ``net(field, mask, geometry) -> chi`` with
 
@@ -62,6 +62,50 @@ def tikhonov(op: DipoleOperator, field: torch.Tensor, lam: float | torch.Tensor)
     """
     d = op.kernel
     return op.filter(field, d / (d * d + lam))
+
+
+class InitialEstimate:
+    """Mixin: the classical estimate a network starts from.
+
+    ``init="tikhonov"`` is the closed form with the network's ``tik_lambda`` (cheap, differentiable,
+    computed inside ``forward``). Any other name is a solver of :data:`qsmnet.solvers.SOLVERS`
+    (e.g. ``"tv"`` with ``init_params={"lam": 5e-5}``), run without gradients. Such an iterative
+    estimate must be the whole volume's: training on patches takes it precomputed
+    (``forward(..., init=...)``, :class:`qsmnet.data.PrecomputedDataset`) and inference computes it
+    before any sliding window (:attr:`precomputed_init`).
+    """
+
+    init: str = "tikhonov"
+    init_params: dict
+    tik_lambda: float
+    pad: int
+
+    def _set_init(self, init: str, init_params: dict | None) -> None:
+        self.init = str(init)
+        self.init_params = dict(init_params or {})
+        if self.init != "tikhonov":
+            from qsmnet.solvers import SOLVERS
+
+            if self.init not in SOLVERS:
+                raise ValueError(f"init must be 'tikhonov' or one of {sorted(SOLVERS)}, got {init!r}")
+
+    @property
+    def precomputed_init(self) -> bool:
+        """True when the initial estimate is iterative: compute it once on the whole volume."""
+        return self.init != "tikhonov"
+
+    def initial_estimate(self, field: torch.Tensor, mask: torch.Tensor, geometry,
+                         op: DipoleOperator | None = None) -> torch.Tensor:
+        """The starting estimate, (B, 1, X, Y, Z) ppm, zero outside the mask."""
+        f = field * mask
+        if self.init == "tikhonov":
+            op = make_operator(geometry, field, self.pad) if op is None else op
+            return tikhonov(op, f, self.tik_lambda) * mask
+        from qsmnet.solvers import SOLVERS
+
+        with torch.no_grad():
+            est = SOLVERS[self.init](f.float(), mask.float(), as_geometries(geometry, field), **self.init_params)
+        return est.to(field.dtype) * mask
 
 
 class ResidualCNN(nn.Module):

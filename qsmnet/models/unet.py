@@ -1,4 +1,4 @@
-"""3D U-Net (MONAI blocks) refining a geometry-aware Tikhonov estimate."""
+"""3D U-Net (MONAI blocks) refining a geometry-aware classical estimate (Tikhonov or TV)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,22 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from .common import channels_last, make_operator, tikhonov
+from .common import InitialEstimate, channels_last
 
 
-class QSMUNet(nn.Module):
-    """U-Net that predicts a residual on the Tikhonov estimate of chi.
+class QSMUNet(InitialEstimate, nn.Module):
+    """U-Net that predicts a residual on a classical estimate of chi.
 
-    Inputs to the U-Net are three channels: ``scale * field``, ``scale * tikhonov(field)`` and the
-    mask. The Tikhonov estimate uses each sample's B0 direction and voxel size, which is how a
-    network with no physics inside copes with any orientation and resolution. Inputs of any size
-    are zero-padded to a multiple of the U-Net's downsampling factor and cropped back.
+    Inputs to the U-Net are three channels: ``scale * field``, ``scale * estimate`` and the mask.
+    The estimate (closed-form Tikhonov by default, or any registered solver such as ``"tv"``) uses
+    each sample's B0 direction and voxel size, which is how a network with no physics inside copes
+    with any orientation and resolution. Inputs of any size are zero-padded to a multiple of the
+    U-Net's downsampling factor and cropped back.
+
+    An iterative estimate (``init="tv"``) is computed once on the whole volume, without gradients;
+    training on patches therefore passes it in precomputed (``forward(..., init=...)``, see
+    :class:`qsmnet.data.PrecomputedDataset`) and inference computes it before any sliding window
+    (:attr:`precomputed_init`).
 
     Args:
         channels: feature channels per level (MONAI ``UNet``).
@@ -31,6 +37,8 @@ class QSMUNet(nn.Module):
         tik_lambda: Tikhonov weight of the guidance estimate (fixed).
         scale: fixed factor from ppm to the U-Net's working units (see :mod:`qsmnet.models.common`).
         pad: zero padding of the dipole operator used for the Tikhonov estimate.
+        init, init_params: the initial estimate (see :class:`~qsmnet.models.common.InitialEstimate`):
+            ``"tikhonov"`` (closed form with ``tik_lambda``) or a solver name and its parameters.
     """
 
     def __init__(
@@ -44,6 +52,8 @@ class QSMUNet(nn.Module):
         tik_lambda: float = 0.02,
         scale: float = 10.0,
         pad: int = 0,
+        init: str = "tikhonov",
+        init_params: dict | None = None,
     ):
         super().__init__()
         norm = tuple(norm) if isinstance(norm, list) else norm
@@ -63,12 +73,17 @@ class QSMUNet(nn.Module):
         self.tik_lambda = float(tik_lambda)
         self.scale = float(scale)
         self.pad = pad
+        self._set_init(init, init_params)
 
-    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry) -> torch.Tensor:
-        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm."""
-        op = make_operator(geometry, field, self.pad)
+    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry,
+                init: torch.Tensor | None = None) -> torch.Tensor:
+        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm.
+
+        ``init``: the initial estimate when precomputed (e.g. on the whole volume a patch came
+        from); None computes it here with :meth:`initial_estimate`.
+        """
         f = field * mask
-        tik = tikhonov(op, f, self.tik_lambda) * mask
+        tik = self.initial_estimate(field, mask, geometry) if init is None else init * mask
         x = torch.cat([f * self.scale, tik * self.scale, mask], dim=1)
         shape = x.shape[-3:]
         m = self.multiple

@@ -1,7 +1,8 @@
 """Physics-informed unrolled networks that share the Foundation's :class:`DipoleOperator`.
 
 Each forward builds the batch's operator from the samples' geometries (kernels are LRU-cached), so
-one set of weights serves any B0 direction and voxel size. All start from a Tikhonov estimate and
+one set of weights serves any B0 direction and voxel size. All start from a classical estimate
+(closed-form Tikhonov by default, or a solver such as TV: ``init``, ``init_params``) and
 alternate data consistency with a small learned CNN prior (see :mod:`qsmnet.models.common` for the
 call signature and the fixed internal ``scale``).
 
@@ -20,11 +21,11 @@ from torch import nn
 
 from qsmnet.physics.linalg import conjugate_gradient
 
-from .common import ResidualCNN, inv_positive, make_operator, positive, tikhonov
+from .common import InitialEstimate, ResidualCNN, inv_positive, make_operator, positive
 
 
-class _Unrolled(nn.Module):
-    """Shared set-up: Tikhonov start, denoisers, learned positive step sizes.
+class _Unrolled(InitialEstimate, nn.Module):
+    """Shared set-up: initial estimate, denoisers, learned positive step sizes.
 
     Args:
         iterations: number of unrolled iterations K.
@@ -37,6 +38,7 @@ class _Unrolled(nn.Module):
         pad: zero padding of the dipole operator (see :class:`~qsmnet.physics.DipoleOperator`);
             0 means circular convolution on the patch grid (fastest).
         act: activation class name from ``torch.nn``.
+        init, init_params: the initial estimate (see :class:`~qsmnet.models.common.InitialEstimate`).
     """
 
     def __init__(
@@ -50,8 +52,11 @@ class _Unrolled(nn.Module):
         scale: float = 10.0,
         pad: int = 0,
         act: str = "LeakyReLU",
+        init: str = "tikhonov",
+        init_params: dict | None = None,
     ):
         super().__init__()
+        self._set_init(init, init_params)
         if iterations < 1:
             raise ValueError("iterations must be >= 1")
         self.iterations = int(iterations)
@@ -70,10 +75,10 @@ class _Unrolled(nn.Module):
         """R_k applied to ``x`` (ppm) through the fixed scale."""
         return self.denoiser(k)(torch.cat([x * self.scale, mask], dim=1)) / self.scale
 
-    def start(self, field, mask, geometry):
+    def start(self, field, mask, geometry, init=None):
         op = make_operator(geometry, field, self.pad)
-        f = field * mask
-        return op, f, tikhonov(op, f, self.tik_lambda) * mask
+        x = self.initial_estimate(field, mask, geometry, op) if init is None else init * mask
+        return op, field * mask, x
 
     @staticmethod
     def dc_grad(op, x, f, mask) -> torch.Tensor:
@@ -84,9 +89,10 @@ class _Unrolled(nn.Module):
 class LPCNN(_Unrolled):
     """Learned proximal gradient network (LPCNN-like); see :class:`_Unrolled` for the arguments."""
 
-    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry) -> torch.Tensor:
-        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm."""
-        op, f, x = self.start(field, mask, geometry)
+    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry, init=None) -> torch.Tensor:
+        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm;
+        ``init``: precomputed initial estimate (None: computed here)."""
+        op, f, x = self.start(field, mask, geometry, init)
         steps = positive(self.step_raw)
         for k in range(self.iterations):
             z = x - steps[k] * self.dc_grad(op, x, f, mask)
@@ -97,9 +103,10 @@ class LPCNN(_Unrolled):
 class VarNet(_Unrolled):
     """Variational network: gradient step and learned regulariser update in parallel."""
 
-    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry) -> torch.Tensor:
-        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm."""
-        op, f, x = self.start(field, mask, geometry)
+    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry, init=None) -> torch.Tensor:
+        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm;
+        ``init``: precomputed initial estimate (None: computed here)."""
+        op, f, x = self.start(field, mask, geometry, init)
         steps = positive(self.step_raw)
         for k in range(self.iterations):
             reg = self.prior(k, x, mask) - x  # the CNN's residual acts as -grad of a learned regulariser
@@ -122,9 +129,10 @@ class MoDL(_Unrolled):
         super().__init__(iterations=iterations, shared=shared, step_init=mu_init, **kw)
         self.cg_iters = int(cg_iters)
 
-    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry) -> torch.Tensor:
-        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm."""
-        op, f, x = self.start(field, mask, geometry)
+    def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry, init=None) -> torch.Tensor:
+        """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm;
+        ``init``: precomputed initial estimate (None: computed here)."""
+        op, f, x = self.start(field, mask, geometry, init)
         mus = positive(self.step_raw)
         atf = op.A_adjoint(mask * f)
         for k in range(self.iterations):

@@ -10,7 +10,7 @@ outside the mask. ``info`` (a dict), when given, receives at least ``iterations`
 ``residual`` (``||M (A chi - f)|| / ||M f||``, batch maximum).
 
     >>> from qsmnet.solvers import get_solver
-    >>> chi = get_solver("tv")(field, mask, geometry, lam=3e-4)
+    >>> chi = get_solver("tv")(field, mask, geometry, lam=5e-5)
 """
 
 from __future__ import annotations

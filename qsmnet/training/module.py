@@ -89,7 +89,7 @@ class QSMLitModule(L.LightningModule):
 
     def model_step(self, batch: QSMSample, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss and logging for one batch of any stage; returns (loss, prediction)."""
-        pred = self.net(batch.field, batch.mask, batch.geometry)
+        pred = self._net(batch)
         total, terms = self.loss(pred, batch)
         bs = len(batch)
         on_step = stage == "train"
@@ -129,6 +129,12 @@ class QSMLitModule(L.LightningModule):
         return self.model_step(batch, "test")[0]
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._net(batch)
+
+    def _net(self, batch: QSMSample) -> torch.Tensor:
+        """The network on a batch, with its precomputed initial estimate when the batch has one."""
+        if batch.init is not None:
+            return self.net(batch.field, batch.mask, batch.geometry, init=batch.init)
         return self.net(batch.field, batch.mask, batch.geometry)
 
     def _log_images(self, pred: torch.Tensor, batch: QSMSample, stage: str) -> None:

@@ -1,0 +1,213 @@
+"""Simulated volumes with an expensive initial estimate (e.g. TV) computed once and cached on disk.
+
+A network that refines an iterative classical solution (``QSMUNet(init="tv")``) cannot afford the
+solver at every training step, and must not run it on patches: the estimate of a patch (whose field
+holds sources outside it) is not the estimate of the same voxels in the whole volume, which is what
+inference computes. So each whole volume is simulated and solved once, written to a cache folder,
+and training cuts random patches from (chi, field, mask, estimate) of the whole volume.
+
+The cache lives in ``cache_dir/<hash of the spec>/``: any change of the simulation, the solver or
+its parameters gives a new folder, never a stale reuse. ``prepare()`` (called by
+``QSMDataModule.prepare_data``, i.e. once per node before training) fills in missing volumes with
+``workers`` processes; volume ``i`` depends only on the spec, so the cache is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from qsmnet.physics import Geometry
+
+from .augment import random_transform
+from .sample import QSMSample
+from .simulated import SimulatedQSMDataset, _triple
+
+
+def _spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _simulations(spec: dict) -> list[dict]:
+    sim = spec["simulation"]
+    return [dict(x) for x in sim] if isinstance(sim, list | tuple) else [dict(sim)]
+
+
+def _make_volume(spec: dict, indices: Sequence[int], folder: str, threads: int) -> None:
+    """Simulate and solve volumes ``indices`` of ``spec`` into ``folder`` (runs in a worker)."""
+    from qsmnet.solvers import SOLVERS
+
+    torch.set_num_threads(max(1, threads))
+    specs = _simulations(spec)
+    sims = [SimulatedQSMDataset(**sp, patch_size=None, augment=False, length=spec["volumes"],
+                                seed=spec["seed"] + k) for k, sp in enumerate(specs)]
+    for i in indices:
+        path = Path(folder) / f"vol_{i:05d}.pt"
+        if path.exists():
+            continue
+        s = sims[i % len(sims)].sample(i // len(sims), 0)
+        g = s.geometry[0]
+        with torch.no_grad():
+            est = SOLVERS[spec["init"]](s.field[None], s.mask[None], (g,), **spec["init_params"])[0]
+        tmp = path.with_suffix(".tmp")
+        torch.save({"chi": s.chi, "field": s.field, "mask": s.mask.to(torch.bool), "init": est.float(),
+                    "voxel_size": list(g.voxel_size), "b0_dir": list(g.b0_dir),
+                    "noise_std": float(s.meta.get("noise_std") or 0.0)}, tmp)
+        os.replace(tmp, path)
+
+
+class PrecomputedDataset(Dataset):
+    """Patches (or whole volumes) of simulated samples with a cached initial estimate.
+
+    Args:
+        cache_dir: root of the cache (a subfolder per spec is used).
+        simulation: keyword arguments of :class:`SimulatedQSMDataset` for the whole volumes
+            (``phantom``, ``shape``, ``voxel_size_range``, ``max_tilt_deg``, ``noise_range``, ...),
+            or a list of them: volume ``i`` then comes from entry ``i % len(list)`` (e.g. 1 mm
+            grids and 2 mm-slice grids of the same field of view).
+        init: solver name of the estimate (:data:`qsmnet.solvers.SOLVERS`), as the network's ``init``.
+        init_params: that solver's parameters, as the network's ``init_params``.
+        volumes: number of whole volumes.
+        seed: seed of the simulation.
+        patch_size: patch edge(s) in voxels, or None for whole volumes.
+        patches_per_volume: dataset items per volume (one random patch each).
+        augment: random flips and permutations of ``permute_axes`` (the estimate is transformed with
+            the other arrays: the solvers are equivariant under these grid symmetries).
+        permute_axes: axes that augmentation may permute.
+        min_mask_fraction: patches are redrawn (up to 10 times) while less of them is in the mask.
+        workers: processes used by :meth:`prepare` (default: all CPU cores).
+
+    Items are :class:`QSMSample` with ``init`` set; patches and augmentation draw from torch's
+    random generator (seeded per worker by Lightning's ``seed_everything(workers=True)``).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        simulation: dict,
+        init: str = "tv",
+        init_params: dict | None = None,
+        volumes: int = 200,
+        seed: int = 0,
+        patch_size: int | Sequence[int] | None = None,
+        patches_per_volume: int = 1,
+        augment: bool = True,
+        permute_axes: Sequence[int] = (0, 1),
+        min_mask_fraction: float = 0.2,
+        workers: int | None = None,
+    ):
+        super().__init__()
+        sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else dict(simulation)
+        self.spec = {"simulation": sims, "init": str(init), "init_params": dict(init_params or {}),
+                     "volumes": int(volumes), "seed": int(seed)}
+        self.folder = Path(cache_dir) / _spec_hash(self.spec)
+        self.patch_size = None if patch_size is None else _triple(patch_size, "patch_size")
+        self.patches_per_volume = max(1, int(patches_per_volume))
+        self.augment = bool(augment)
+        self.permute_axes = tuple(int(a) for a in permute_axes)
+        self.min_mask_fraction = float(min_mask_fraction)
+        self.workers = int(workers or os.cpu_count() or 1)
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"vol_{i:05d}.pt"
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.spec["volumes"]) if not self.path(i).exists()]
+
+    def prepare(self, progress: bool = True) -> None:
+        """Simulate and solve the volumes not in the cache yet (in ``workers`` processes)."""
+        todo = self.missing()
+        if not todo:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True) + "\n")
+        specs = _simulations(self.spec)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in todo:  # volumes sharing a brain stay in one worker, which simulates it once
+            k, j = i % len(specs), i // len(specs)
+            reuse = max(1, int(specs[k].get("brain_reuse", 1)))
+            groups.setdefault((k, j // reuse), []).append(i)
+        # Balance the work: each group goes to the least-loaded process (cost ~ voxels).
+        chunks: list[list[int]] = [[] for _ in range(min(self.workers, len(groups)))]
+        load = [0] * len(chunks)
+        for (k, _), g in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            w = load.index(min(load))
+            chunks[w].extend(g)
+            load[w] += len(g) * math.prod(_triple(specs[k].get("shape", 64), "shape"))
+        if progress:
+            print(f"precomputing {len(todo)} volumes with {self.spec['init']} into {self.folder} "
+                  f"({len(chunks)} processes)", flush=True)
+        if len(chunks) == 1:
+            _make_volume(self.spec, chunks[0], str(self.folder), torch.get_num_threads())
+            return
+        # Separate interpreters (not multiprocessing): safe whatever the caller's __main__ is.
+        import subprocess
+        import sys
+
+        code = "from qsmnet.data.precomputed import worker_main; worker_main()"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(self.folder), ",".join(str(i) for i in c)])
+                 for c in chunks]
+        codes = [p.wait() for p in procs]
+        if any(codes) or self.missing():
+            raise RuntimeError(f"precomputing volumes into {self.folder} failed (exit codes {codes})")
+
+    def __len__(self) -> int:
+        return self.spec["volumes"] * self.patches_per_volume
+
+    def _load(self, i: int) -> dict:
+        path = self.path(i)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: call prepare() first (QSMDataModule does)")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+    def __getitem__(self, k: int) -> QSMSample:
+        i = int(k) // self.patches_per_volume
+        d = self._load(i)
+        arrays = [d["chi"], d["field"], d["mask"].to(torch.float32), d["init"]]
+        shape = tuple(arrays[0].shape[-3:])
+        geom = Geometry(shape, tuple(d["voxel_size"]), tuple(d["b0_dir"]))
+        if self.patch_size is not None:
+            sl = self._crop(arrays[2][0], shape)
+            arrays = [a[(slice(None), *sl)] for a in arrays]
+            geom = geom.with_(shape=self.patch_size)
+        if self.augment:
+            import numpy as np
+
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            out = tuple(arrays[0].shape[-3:])
+            axes = [a for a in self.permute_axes if out[a] == out[self.permute_axes[0]]]
+            t = random_transform(rng, flip=True, permute=True, axes=axes)
+            arrays = [t.apply(a) for a in arrays]
+            geom = t.geometry(geom)
+        chi, field, mask, init = (a.contiguous().clone() for a in arrays)
+        return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
+                         meta={"volume": i, "noise_std": d["noise_std"]})
+
+    def _crop(self, mask: torch.Tensor, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        best, best_frac = None, -1.0
+        for _ in range(10):
+            start = [int(torch.randint(0, n - p + 1, ()).item())
+                     for n, p in zip(shape, self.patch_size, strict=True)]
+            sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size, strict=True))
+            frac = float(mask[sl].mean())
+            if frac > best_frac:
+                best, best_frac = sl, frac
+            if frac >= self.min_mask_fraction:
+                break
+        return best
+
+
+
+def worker_main() -> None:
+    """Worker process of :meth:`PrecomputedDataset.prepare`: argv = FOLDER INDICES (comma-separated)."""
+    import sys
+
+    folder, indices = sys.argv[1], [int(i) for i in sys.argv[2].split(",") if i]
+    _make_volume(json.loads((Path(folder) / "spec.json").read_text()), indices, folder, 1)

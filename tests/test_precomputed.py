@@ -1,0 +1,137 @@
+"""Networks that refine an iterative solver's estimate: the cached dataset, the models, inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qsmnet.data import PrecomputedDataset, QSMDataModule, collate
+from qsmnet.inference.network import NetworkMethod
+from qsmnet.models import VarNet, QSMUNet
+from qsmnet.physics import DipoleOperator, Geometry
+from qsmnet.solvers import SOLVERS
+
+SIM = {"phantom": "shapes", "shape": [20, 18, 16], "voxel_size_range": [[1, 1, 1], [1, 1, 2]],
+       "max_tilt_deg": 30.0, "noise_range": [0.0, 0.002]}
+TV = {"lam": 5e-5, "iterations": 15}
+
+
+def _dataset(tmp_path, **kw):
+    args = {"simulation": SIM, "init": "tv", "init_params": TV, "volumes": 3, "seed": 3, "workers": 1}
+    return PrecomputedDataset(tmp_path / "cache", **{**args, **kw})
+
+
+def test_cache_holds_the_whole_volume_solution(tmp_path):
+    ds = _dataset(tmp_path, augment=False)
+    with pytest.raises(FileNotFoundError, match="prepare"):
+        ds[0]
+    ds.prepare(progress=False)
+    assert not ds.missing()
+    for i in range(3):
+        s = ds[i]
+        assert s.field.shape == s.init.shape == s.chi.shape == (1, 20, 18, 16)
+        ref = SOLVERS["tv"](s.field[None], s.mask[None], s.geometry, **TV)[0]
+        torch.testing.assert_close(s.init, ref, rtol=1e-4, atol=1e-6)
+        # the field is the forward model of chi (noise aside), so the estimate is a real solution
+        assert float((s.init - s.chi)[s.mask > 0].abs().mean()) < float(s.chi[s.mask > 0].abs().mean())
+    # a different solver setting gets its own folder; the same spec reuses the cache
+    assert _dataset(tmp_path, init_params={"lam": 1e-4, "iterations": 15}).folder != ds.folder
+    assert _dataset(tmp_path, patch_size=8).missing() == []
+
+
+def test_parallel_prepare_matches_serial(tmp_path):
+    a = _dataset(tmp_path / "a", augment=False)
+    b = _dataset(tmp_path / "b", augment=False, workers=2)
+    a.prepare(progress=False)
+    b.prepare(progress=False)
+    for i in range(3):
+        torch.testing.assert_close(a[i].init, b[i].init)
+        torch.testing.assert_close(a[i].chi, b[i].chi)
+
+
+def test_patches_are_cut_from_the_whole_volume_and_augmented_together(tmp_path):
+    whole = _dataset(tmp_path, augment=False)
+    whole.prepare(progress=False)
+    patches = _dataset(tmp_path, patch_size=(12, 10, 8), patches_per_volume=4, augment=True)
+    assert len(patches) == 12
+    torch.manual_seed(0)
+    for k in range(len(patches)):
+        p = patches[k]
+        w = whole[k // 4]
+        assert p.field.shape == (1, 12, 10, 8) or p.field.shape == (1, 10, 12, 8)
+        assert p.geometry[0].shape == tuple(p.field.shape[-3:])
+        # each of chi, field and init went through the same crop and grid transform: the pair
+        # (field, init) is found at one place of the whole volume under one of the 16 transforms
+        found = False
+        for perm in ((0, 1, 2), (1, 0, 2)):
+            for flips in range(8):
+                dims = [d + 1 for d in range(3) if flips >> d & 1]
+                f, i = p.field, p.init
+                f, i = (torch.flip(f, dims), torch.flip(i, dims)) if dims else (f, i)
+                f, i = f.permute(0, *(1 + a for a in perm)), i.permute(0, *(1 + a for a in perm))
+                sx, sy, sz = f.shape[-3:]
+                for x in range(20 - sx + 1):
+                    for y in range(18 - sy + 1):
+                        for z in range(16 - sz + 1):
+                            if torch.equal(w.field[0, x:x + sx, y:y + sy, z:z + sz], f[0]):
+                                found = found or torch.equal(w.init[0, x:x + sx, y:y + sy, z:z + sz], i[0])
+        assert found
+    batch = collate([patches[0], patches[1]])
+    assert batch.init.shape == batch.field.shape
+
+
+def test_datamodule_prepares_the_cache(tmp_path):
+    spec = {"cache_dir": str(tmp_path / "cache"), "simulation": SIM, "init": "tkd", "volumes": 2,
+            "patch_size": 8, "patches_per_volume": 2, "workers": 1}
+    dm = QSMDataModule(train=spec, batch_size=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert b.init is not None and b.field.shape[-3:] == (8, 8, 8)
+    v = next(iter(dm.val_dataloader()))  # 4 whole validation volumes of another seed
+    assert v.field.shape[-3:] == (20, 18, 16) and len(dm.val_set) == 4
+
+
+def _phantom(shape=(24, 22, 20), geom=None):
+    g = torch.Generator().manual_seed(1)
+    chi = torch.nn.functional.avg_pool3d(torch.randn(1, 1, *shape, generator=g), 5, 1, 2) * 0.5
+    mask = torch.zeros(1, 1, *shape)
+    mask[..., 3:-3, 3:-3, 3:-3] = 1
+    geom = geom or Geometry(shape, (1.0, 1.0, 2.0), (0.0, 0.5, 0.866))
+    return chi * mask, DipoleOperator(geom).A(chi * mask) * mask, mask, geom
+
+
+@pytest.mark.parametrize("cls", [QSMUNet, VarNet])
+def test_networks_start_from_a_solver(cls):
+    chi, field, mask, geom = _phantom()
+    kw = {"channels": (4, 8), "strides": (2,)} if cls is QSMUNet else {"iterations": 1, "features": 4, "depth": 2}
+    net = cls(init="tv", init_params=TV, **kw).eval()
+    assert net.precomputed_init and not cls(**kw).precomputed_init
+    est = net.initial_estimate(field, mask, geom)
+    torch.testing.assert_close(est, SOLVERS["tv"](field, mask, geom, **TV) * mask)
+    with torch.no_grad():
+        torch.testing.assert_close(net(field, mask, geom), net(field, mask, geom, init=est))
+        # the given estimate is the one used
+        assert not torch.allclose(net(field, mask, geom, init=est), net(field, mask, geom, init=2 * est))
+    with pytest.raises(ValueError, match="init must be"):
+        cls(init="nosuchsolver", **kw)
+
+
+def test_inference_solves_the_estimate_once_on_the_whole_volume(monkeypatch):
+    chi, field, mask, geom = _phantom((40, 36, 20), Geometry((40, 36, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)))
+    net = QSMUNet(channels=(4, 8), strides=(2,), init="tv", init_params=TV)
+    calls = []
+    orig = QSMUNet.initial_estimate
+
+    def counting(self, f, m, g, op=None):
+        calls.append(tuple(f.shape[-3:]))
+        return orig(self, f, m, g, op)
+
+    monkeypatch.setattr(QSMUNet, "initial_estimate", counting)
+    method = NetworkMethod(net, name="t")
+    whole = method(field, mask, geom, window="off")
+    windowed = method(field, mask, geom, window=24, overlap=0.5)
+    assert calls == [(40, 36, 20), (40, 36, 20)]
+    # a U-Net is local given its (whole-volume) estimate: windows agree with the whole volume
+    err = (windowed - whole)[mask > 0].norm() / whole[mask > 0].norm()
+    assert err < 0.05
