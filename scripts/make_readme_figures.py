@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             text += ["nRMSE (%) by geometry, mean over the phantoms and noise levels of each group:", "",
                      *_by_geometry(res.rows), ""]
+            text += ["Change of nRMSE against TV in the same run, per geometry (negative: better than TV; the",
+                     "networks' bar is -15 %):", "", *_vs_tv(res.rows), ""]
             (out / "benchmark_table.md").write_text("\n".join(text))
             _embed_in_readme("\n".join(text))
             print((out / "benchmark_table.md").read_text())
@@ -123,17 +125,36 @@ def _by_geometry(rows) -> list[str]:
     return lines
 
 
+def _vs_tv(rows) -> list[str]:
+    """Markdown table: per geometry, each network's mean nRMSE relative to TV's, in %."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        parts = r["case"].split("_")
+        key = f"{parts[1]} {parts[2]}" if len(parts) >= 3 else r["case"]
+        groups.setdefault(key, {}).setdefault(r["method"], []).append(float(r["nrmse"]))
+    nets = [m for m in dict.fromkeys(r["method"] for r in rows) if m in shipped_networks()]
+    lines = ["| geometry | " + " | ".join(nets) + " |", "|---|" + "---:|" * len(nets)]
+    for key, per in groups.items():
+        tv = sum(per["tv"]) / len(per["tv"]) if per.get("tv") else None
+        cells = [f"{100 * (sum(per[m]) / len(per[m]) / tv - 1):+.1f} %" if tv and per.get(m) else ""
+                 for m in nets]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 README_START, README_END = "<!-- BENCHMARK:START -->", "<!-- BENCHMARK:END -->"
 
 
 def _embed_in_readme(text: str) -> None:
-    """Replace the README's block between the BENCHMARK markers with ``text``."""
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    src = readme.read_text()
-    if README_START in src and README_END in src:
-        head, rest = src.split(README_START, 1)
-        _, tail = rest.split(README_END, 1)
-        readme.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+    """Replace the block between the BENCHMARK markers with ``text`` in the README and in every
+    shipped model card (``qsmnet/weights/*.md``) that has the markers."""
+    root = Path(__file__).resolve().parents[1]
+    for doc in [root / "README.md", *sorted((root / "qsmnet" / "weights").glob("*.md"))]:
+        src = doc.read_text()
+        if README_START in src and README_END in src:
+            head, rest = src.split(README_START, 1)
+            _, tail = rest.split(README_END, 1)
+            doc.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ TINY_MODEL = {
     "lpcnn": ["model.iterations=2", "model.features=4", "model.depth=2"],
     "modl": ["model.iterations=2", "model.features=4", "model.depth=2", "model.cg_iters=2"],
     "unet": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
+    "varnet": ["model.iterations=2", "model.features=4", "model.depth=2"],
 }
 
 

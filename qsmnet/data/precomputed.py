@@ -6,8 +6,8 @@ holds sources outside it) is not the estimate of the same voxels in the whole vo
 inference computes. So each whole volume is simulated and solved once, written to a cache folder,
 and training cuts random patches from (chi, field, mask, estimate) of the whole volume.
 
-The cache lives in ``cache_dir/<hash of the spec>/``: any change of the simulation, the solver or
-its parameters gives a new folder, never a stale reuse. ``prepare()`` (called by
+The cache lives in ``cache_dir/<hash of the spec>/``: any change of the simulation, its seed, the
+solver or its parameters gives a new folder, never a stale reuse. ``prepare()`` (called by
 ``QSMDataModule.prepare_data``, i.e. once per node before training) fills in missing volumes with
 ``workers`` processes; volume ``i`` depends only on the spec, so the cache is reproducible.
 """
@@ -32,7 +32,10 @@ from .simulated import SimulatedQSMDataset, _triple
 
 
 def _spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    """Hash of what a volume depends on: volume ``i`` does not depend on how many there are, so a
+    larger set reuses a smaller one's files."""
+    key = {k: v for k, v in spec.items() if k != "volumes"}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _simulations(spec: dict) -> list[dict]:

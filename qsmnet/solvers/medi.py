@@ -56,7 +56,7 @@ def medi(
     *,
     info: dict | None = None,
     magnitude=None,
-    lam: float | str = 5e-5,
+    lam: float | str = "auto",
     iterations: int = 250,
     tol: float = 1e-3,
     edge_fraction: float = 0.3,
@@ -70,9 +70,9 @@ def medi(
         info: filled with ``iterations``, ``residual`` and the ``lambda`` used.
         magnitude: optional magnitude image, the field's shape; edges come from it, else from
             the mask.
-        lam: TV weight or ``"auto"`` (as :func:`qsmnet.solvers.tv.tv`). Default 5e-5: TV's tuned
-            value (MEDI's own sweep in ``scripts/tune_solvers.py`` is still to be run; the
-            accuracy bar of ``scripts/benchmark_solvers.py`` reports its nRMSE).
+        lam: TV weight or ``"auto"`` (default, as :func:`qsmnet.solvers.tv.tv`; MEDI's own sweep
+            in ``scripts/tune_solvers.py`` is still to be run, the accuracy bar of
+            ``scripts/benchmark_solvers.py`` reports its nRMSE).
         iterations: iteration cap (default 250).
         tol: relative-update tolerance (default 1e-3).
         edge_fraction: share of in-mask voxel-directions freed from TV (default 0.3, MEDI's
