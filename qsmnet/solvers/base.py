@@ -150,16 +150,19 @@ def grad_adjoint_into(
     else:
         torch.mul(g, inv_vox, out=tmp)
     o = out[:, 0]
-    o.zero_()
     for d in range(3):
         gi = tmp[:, d]
         n = gi.shape[d + 1]
         hi, lo = [slice(None)] * 4, [slice(None)] * 4
         hi[d + 1], lo[d + 1] = slice(1, n), slice(0, n - 1)
-        # (adjoint of forward difference)_i = g_{i-1} - g_i, periodic
-        o[tuple(hi)] += gi[tuple(lo)]
         first, last = [slice(None)] * 4, [slice(None)] * 4
         first[d + 1], last[d + 1] = slice(0, 1), slice(n - 1, n)
+        # (adjoint of forward difference)_i = g_{i-1} - g_i, periodic
+        if d == 0:  # the first direction writes ``out`` (no zero-fill pass)
+            torch.sub(gi[tuple(lo)], gi[tuple(hi)], out=o[tuple(hi)])
+            torch.sub(gi[tuple(last)], gi[tuple(first)], out=o[tuple(first)])
+            continue
+        o[tuple(hi)] += gi[tuple(lo)]
         o[tuple(first)] += gi[tuple(last)]
         o.sub_(gi)
     return out

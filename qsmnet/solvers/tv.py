@@ -73,13 +73,17 @@ def admm_tv(
         chi0 = p.op.filter(p.field, d * den)
         k_grad = mu * den
     else:
+        # v-update v = (W^2 f + mu2 (A chi + t)) / (W^2 + mu2) = c_f + c_v (A chi + t)
         w2 = data_weight * data_weight
-        w2f = w2 * p.field
+        c_f = w2 * p.field / (w2 + mu2)
+        c_v = mu2 / (w2 + mu2)
         den = safe_reciprocal(mu2 * d * d + mu * lap)
         k_grad, k_data = mu * den, mu2 * d * den
         v = p.field.clone()
         t = torch.zeros_like(p.field)
+        rhs = p.field.clone()  # v - t
     chi = torch.zeros_like(p.field)
+    diff = torch.empty_like(p.field)
     shape = tuple(p.op.shape)
     it = 0
     for it in range(1, int(iterations) + 1):  # noqa: B007 - `it` is reported
@@ -88,14 +92,18 @@ def admm_tv(
         if data_weight is None:
             chi_new = p.op.filter(u, k_grad).add_(chi0)
         else:
-            # both right-hand sides in one batched rfftn, chi and A chi in one batched irfftn
-            spec = torch.fft.rfftn(torch.cat([u, v - t], dim=1), dim=_SPATIAL)
-            chi_hat = spec[:, :1] * k_grad + spec[:, 1:] * k_data
-            out = torch.fft.irfftn(torch.cat([chi_hat, chi_hat * d], dim=1), s=shape, dim=_SPATIAL)
-            chi_new, a_chi = out[:, :1], out[:, 1:]
-            v = (w2f + mu2 * (a_chi + t)) / (w2 + mu2)
-            t.add_(a_chi).sub_(v)
-        delta = (chi_new - chi).flatten(1).norm(dim=1) / chi_new.flatten(1).norm(dim=1).clamp_min(1e-30)
+            # Separate transforms of the two right-hand sides (faster on CPU than one batched
+            # call), spectra combined in place: chi = F^-1[k_grad F u + k_data F (v - t)].
+            chi_hat = torch.fft.rfftn(u, dim=_SPATIAL).mul_(k_grad)
+            chi_hat.addcmul_(torch.fft.rfftn(rhs, dim=_SPATIAL), k_data)
+            chi_new = torch.fft.irfftn(chi_hat, s=shape, dim=_SPATIAL)
+            a_chi = torch.fft.irfftn(chi_hat.mul_(d), s=shape, dim=_SPATIAL)
+            a_chi.add_(t)  # A chi + t
+            torch.addcmul(c_f, c_v, a_chi, out=v)
+            torch.sub(a_chi, v, out=t)  # t + A chi - v
+            torch.sub(v, t, out=rhs)
+        torch.sub(chi_new, chi, out=diff)
+        delta = diff.flatten(1).norm(dim=1) / chi_new.flatten(1).norm(dim=1).clamp_min(1e-30)
         chi = chi_new
         grad_into(chi, g, inv_vox)
         g.add_(s)  # v = grad chi + s
