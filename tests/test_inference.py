@@ -186,6 +186,11 @@ def test_training_ranges_and_geometry_warnings():
     warns = nm.check_geometry(Geometry((8, 8, 8), (0.5, 1, 1), (1, 0, 1)))
     assert len(warns) == 2 and "45.0 deg" in warns[0] and "0.5 x 1 x 1 mm" in warns[1]
     assert NetworkMethod(net).ranges["source"] == "default"
+    # a precomputed dataset's specs (a list under "simulation"): the union of their ranges
+    sims = [{"max_tilt_deg": 45.0, "voxel_size_range": [[0.9, 0.9, 0.9], [1.2, 1.2, 1.2]]},
+            {"max_tilt_deg": 30.0, "voxel_size_range": [[0.9, 0.9, 1.8], [1.2, 1.2, 2.4]]}]
+    nm = NetworkMethod(net, {"train_config": {"data": {"train": {"simulation": sims}}}}, name="t")
+    assert nm.ranges == {"max_tilt_deg": 45.0, "voxel_mm": (0.9, 2.4), "source": "training config"}
 
 
 def _write_subject(folder, stem, field, mask, affine=None):

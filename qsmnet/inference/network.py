@@ -31,18 +31,22 @@ def training_ranges(meta: dict) -> dict:
     """``{"max_tilt_deg", "voxel_mm": (lo, hi), "source"}`` from a network's metadata.
 
     Read from ``meta["ranges"]`` when present, else from the training data config
-    (``meta["train_config"]["data"]["train"]``: ``max_tilt_deg``, ``voxel_size_range``), else the
+    (``meta["train_config"]["data"]["train"]``, or each of its ``simulation`` specs for a
+    precomputed dataset: ``max_tilt_deg``, ``voxel_size_range``), else the
     documented defaults (tilt <= 45 deg, voxels 0.5-3 mm).
     """
     r = meta.get("ranges") or {}
     if "max_tilt_deg" in r and "voxel_mm" in r:
         return {"max_tilt_deg": float(r["max_tilt_deg"]), "voxel_mm": tuple(r["voxel_mm"]), "source": "meta"}
     train = (((meta.get("train_config") or {}).get("data") or {}).get("train")) or {}
-    if "max_tilt_deg" in train and "voxel_size_range" in train:
-        lo, hi = train["voxel_size_range"]
+    # a precomputed dataset nests its simulation spec(s) under "simulation"
+    sims = train.get("simulation", train)
+    sims = [x for x in (sims if isinstance(sims, list) else [sims]) if isinstance(x, dict)]
+    if sims and all("max_tilt_deg" in x and "voxel_size_range" in x for x in sims):
         return {
-            "max_tilt_deg": float(train["max_tilt_deg"]),
-            "voxel_mm": (float(min(lo)), float(max(hi))),
+            "max_tilt_deg": max(float(x["max_tilt_deg"]) for x in sims),
+            "voxel_mm": (min(float(min(x["voxel_size_range"][0])) for x in sims),
+                         max(float(max(x["voxel_size_range"][1])) for x in sims)),
             "source": "training config",
         }
     return {"max_tilt_deg": DEFAULT_MAX_TILT_DEG, "voxel_mm": DEFAULT_VOXEL_RANGE_MM, "source": "default"}
