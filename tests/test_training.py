@@ -157,3 +157,29 @@ def test_checkpoint_rebuild_identical_output(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(sample.field, sample.mask, sample.geometry), b)
     json.dumps(meta2)  # the summary is plain JSON
+
+
+def test_stop_file_ends_training_and_checkpoints_export(tmp_path):
+    from qsmnet.training import export_checkpoint
+
+    (tmp_path / "STOP").touch()  # conf/callbacks/default.yaml watches ${paths.output_dir}/STOP
+    cfg = make_cfg(
+        tmp_path,
+        ["model=lpcnn", "data=tiny", "logger=none", "name=st", "trainer.max_steps=100",
+         "trainer.val_check_interval=1", "trainer.enable_progress_bar=false",
+         "+callbacks.stop_file.every_n_steps=1", *TINY_MODEL["lpcnn"]],
+    )
+    train(cfg)
+    net, meta = mio.load_network(tmp_path / "weights" / "st")
+    assert meta["steps"] == 1  # stopped after the first step, and still exported
+    # a checkpoint exports to the same network, with its step count and config
+    path = export_checkpoint(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "exported")
+    again, meta2 = mio.load_network(path)
+    assert meta2["steps"] == 1 and meta2["model"] == meta["model"] and meta2["name"] == "st"
+    sample = collate([_sample(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(again(sample.field, sample.mask, sample.geometry),
+                                   net(sample.field, sample.mask, sample.geometry), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no run config"):
+        torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+        export_checkpoint(tmp_path / "bare.ckpt")

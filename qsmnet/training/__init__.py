@@ -11,6 +11,8 @@ from .losses import QSMLoss, gradient_difference_loss, l1_loss, l2_loss, model_l
 __all__ = [
     "QSMLitModule",
     "QSMLoss",
+    "StopFile",
+    "export_checkpoint",
     "gradient_difference_loss",
     "l1_loss",
     "l2_loss",
@@ -24,8 +26,12 @@ def __getattr__(name):
         from .module import QSMLitModule
 
         return QSMLitModule
-    if name == "train":
-        from .pipeline import train
+    if name in ("train", "export_checkpoint"):
+        from . import pipeline
 
-        return train
+        return getattr(pipeline, name)
+    if name == "StopFile":
+        from .callbacks import StopFile
+
+        return StopFile
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

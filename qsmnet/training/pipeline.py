@@ -39,6 +39,53 @@ def _load_best(net: torch.nn.Module, ckpt_path: str) -> None:
     net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
 
 
+def export_checkpoint(ckpt_path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Export a Lightning checkpoint of :class:`QSMLitModule` as shipped-style weights.
+
+    For a run that did not reach its own export (stopped, killed, out of time): the checkpoint
+    carries the resolved run config, so the network is rebuilt from ``config["model"]`` alone.
+
+    Args:
+        ckpt_path: the ``.ckpt`` file (loaded with ``weights_only=True``).
+        dest: path stem of the ``.safetensors`` + ``.json`` to write (default: the run's
+            ``weights/<name>``, next to its ``checkpoints/`` folder).
+
+    Returns:
+        The written ``.safetensors`` path. The JSON records ``steps`` (the checkpoint's global
+        step), ``wall_time_s`` (from the run folder's creation to the checkpoint's write) and
+        ``best_checkpoint``; validation metrics are those the checkpoint callback saw.
+    """
+    from qsmnet.models.io import build_network, save_weights
+
+    ckpt_path = Path(ckpt_path)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    config = (ckpt.get("hyper_parameters") or {}).get("config")
+    if not config or "model" not in config:
+        raise ValueError(f"{ckpt_path} carries no run config (not a qsmnet training checkpoint)")
+    net = build_network(config["model"])
+    _load_best(net, str(ckpt_path))
+    run_dir = ckpt_path.parent.parent
+    started = run_dir / ".hydra" / "config.yaml"
+    wall = ckpt_path.stat().st_mtime - started.stat().st_mtime if started.exists() else None
+    metrics = {}
+    for cb_state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(cb_state, dict) and cb_state.get("best_model_score") is not None:
+            metrics[str(cb_state.get("monitor"))] = float(cb_state["best_model_score"])
+    name = str(config.get("name") or type(net).__name__.lower())
+    summary = {
+        "name": name,
+        "steps": int(ckpt.get("global_step", 0)),
+        "wall_time_s": None if wall is None else round(wall, 1),
+        "hardware": _hardware(),
+        "best_checkpoint": str(ckpt_path),
+        "init_from": config.get("init_from"),
+        "metrics": metrics,
+        "train_config": config,
+    }
+    dest = Path(dest) if dest is not None else run_dir / "weights" / name
+    return save_weights(net, config["model"], dest, extra=summary)
+
+
 def train(cfg) -> dict[str, float]:
     """Train a network as configured and return the final metrics (floats keyed like ``val/nrmse``).
 
