@@ -19,7 +19,11 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", help="a .ckpt written by qsmnet-train")
     ap.add_argument("--to", default=None, help="destination path stem (default: the run's weights/<name>)")
     args = ap.parse_args(argv)
-    print(export_checkpoint(args.checkpoint, args.to))
+    try:
+        print(export_checkpoint(args.checkpoint, args.to))
+    except (OSError, ValueError) as exc:
+        print(f"export_checkpoint: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
