@@ -71,6 +71,9 @@ def save_weights(net: nn.Module, model_cfg, path: str | os.PathLike, extra: dict
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     st = stem.with_name(stem.name + ".safetensors")
     save_file(state, str(st))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(st, 0o666 & ~umask)  # safetensors writes 0600; give the usual permissions
     meta = {"model": _plain(model_cfg), **(extra or {})}
     stem.with_name(stem.name + ".json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return st

@@ -76,7 +76,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, dest: str | os.PathLike | No
         "name": name,
         "steps": int(ckpt.get("global_step", 0)),
         "wall_time_s": None if wall is None else round(wall, 1),
-        "hardware": _hardware(),
+        "hardware": None,  # the run's hardware is not in the checkpoint (state it in the model card)
         "best_checkpoint": str(ckpt_path),
         "init_from": config.get("init_from"),
         "metrics": metrics,
