@@ -3,8 +3,9 @@
 Speed (on CUDA when present, else CPU): tkd on an N^3 field, and tv (ADMM, a fixed number of
 iterations, tol=0) against its FFT floor = iterations x (rfftn + irfftn) of the volumes it
 transforms (two for the default mask-weighted data term, one with weight=None), timed alone in
-the same run; each figure is the best of --repeats runs. Accuracy: nRMSE (%) of tv and medi vs closed-form Tikhonov on noisy
-brain-like phantoms (same fields, each method at its default parameters and at lam="auto").
+the same run; each figure is the best of --repeats runs. Accuracy: nRMSE (%) of tv and medi vs
+closed-form Tikhonov on noisy brain-like phantoms (same fields, each method at its default
+parameters and at lam="auto").
 
     python scripts/benchmark_solvers.py                      # 160^3, 250 iterations
     python scripts/benchmark_solvers.py --size 96 --skip-accuracy
@@ -67,11 +68,12 @@ def speed(size: int, iterations: int, device: torch.device, repeats: int) -> Non
     for weight, channels in (("mask", 2), (None, 1)):
         t_fft = floor(channels)
         info: dict = {}
-        t_tv = best_of(lambda w=weight: SOLVERS["tv"](field, mask, geom, iterations=iterations, tol=0.0,
-                                                      weight=w, info=info), device, repeats)
+        t_tv = best_of(lambda w=weight, i=info: SOLVERS["tv"](field, mask, geom, iterations=iterations,
+                                                              tol=0.0, weight=w, info=i), device, repeats)
         print(f"FFT floor ({iterations} x {channels} x (rfftn + irfftn)): {t_fft:.2f} s")
+        tag = "  [default]" if weight == "mask" else ""
         print(f"tv weight={weight!r} ({info['iterations']} iterations): {t_tv:.2f} s = "
-              f"{t_tv / t_fft:.2f} x its FFT floor (bar: <= 2x)" + ("  [default]" if weight == "mask" else ""))
+              f"{t_tv / t_fft:.2f} x its FFT floor (bar: <= 2x){tag}")
 
 
 def accuracy(size: int, voxel: float, seeds: int, noises, device: torch.device) -> None:

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             text += ["nRMSE (%) by geometry, mean over the phantoms and noise levels of each group:", "",
                      *_by_geometry(res.rows), ""]
-            text += ["Change of nRMSE against TV in the same run, per geometry (negative: better than TV; the",
-                     "networks' bar is -15 %):", "", *_vs_tv(res.rows), ""]
+            text += ["Change of nRMSE against TV in the same run, per geometry (negative: better than TV;",
+                     "the networks' bar is -15 %):", "", *_vs_tv(res.rows), ""]
             (out / "benchmark_table.md").write_text("\n".join(text))
             _embed_in_readme("\n".join(text))
             print((out / "benchmark_table.md").read_text())

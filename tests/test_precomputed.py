@@ -7,7 +7,7 @@ import torch
 
 from qsmnet.data import PrecomputedDataset, QSMDataModule, collate
 from qsmnet.inference.network import NetworkMethod
-from qsmnet.models import VarNet, QSMUNet
+from qsmnet.models import QSMUNet, VarNet
 from qsmnet.physics import DipoleOperator, Geometry
 from qsmnet.solvers import SOLVERS
 
@@ -104,7 +104,8 @@ def _phantom(shape=(24, 22, 20), geom=None):
 @pytest.mark.parametrize("cls", [QSMUNet, VarNet])
 def test_networks_start_from_a_solver(cls):
     chi, field, mask, geom = _phantom()
-    kw = {"channels": (4, 8), "strides": (2,)} if cls is QSMUNet else {"iterations": 1, "features": 4, "depth": 2}
+    kw = ({"channels": (4, 8), "strides": (2,)} if cls is QSMUNet
+          else {"iterations": 1, "features": 4, "depth": 2})
     net = cls(init="tv", init_params=TV, **kw).eval()
     assert net.precomputed_init and not cls(**kw).precomputed_init
     est = net.initial_estimate(field, mask, geom)

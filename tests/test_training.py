@@ -56,7 +56,8 @@ def test_fast_dev_run_every_experiment(experiment, tmp_path):
     model = experiment.split("_")[0]
     # Networks that start from an iterative solver train on the cached whole-volume estimate.
     init = make_cfg(tmp_path, [f"experiment={experiment}"]).model.get("init", "tikhonov")
-    data = ["data=tiny"] if init == "tikhonov" else ["data=tiny_precomputed", "model.init_params.iterations=20"]
+    data = (["data=tiny"] if init == "tikhonov"
+            else ["data=tiny_precomputed", "model.init_params.iterations=20"])
     cfg = make_cfg(
         tmp_path,
         [f"experiment={experiment}", "debug=fast_dev_run", *data, "data.train.patch_size=17",

@@ -104,7 +104,8 @@ class InitialEstimate:
         from qsmnet.solvers import SOLVERS
 
         with torch.no_grad():
-            est = SOLVERS[self.init](f.float(), mask.float(), as_geometries(geometry, field), **self.init_params)
+            geoms = as_geometries(geometry, field)
+            est = SOLVERS[self.init](f.float(), mask.float(), geoms, **self.init_params)
         return est.to(field.dtype) * mask
 
 
