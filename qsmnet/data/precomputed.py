@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -28,7 +29,7 @@ from qsmnet.physics import Geometry
 
 from .augment import random_transform
 from .sample import QSMSample
-from .simulated import SimulatedQSMDataset, _triple
+from .simulated import SimulatedQSMDataset, _triple, random_crop
 
 
 def _spec_hash(spec: dict) -> str:
@@ -176,14 +177,13 @@ class PrecomputedDataset(Dataset):
         arrays = [d["chi"], d["field"], d["mask"].to(torch.float32), d["init"]]
         shape = tuple(arrays[0].shape[-3:])
         geom = Geometry(shape, tuple(d["voxel_size"]), tuple(d["b0_dir"]))
+        # numpy generator drawn from torch's (seeded per worker by Lightning)
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         if self.patch_size is not None:
-            sl = self._crop(arrays[2][0], shape)
+            sl = random_crop(arrays[2][0], self.patch_size, rng, self.min_mask_fraction)
             arrays = [a[(slice(None), *sl)] for a in arrays]
             geom = geom.with_(shape=self.patch_size)
         if self.augment:
-            import numpy as np
-
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             out = tuple(arrays[0].shape[-3:])
             axes = [a for a in self.permute_axes if out[a] == out[self.permute_axes[0]]]
             t = random_transform(rng, flip=True, permute=True, axes=axes)
@@ -192,19 +192,6 @@ class PrecomputedDataset(Dataset):
         chi, field, mask, init = (a.contiguous().clone() for a in arrays)
         return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
                          meta={"volume": i, "noise_std": d["noise_std"]})
-
-    def _crop(self, mask: torch.Tensor, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
-        best, best_frac = None, -1.0
-        for _ in range(10):
-            start = [int(torch.randint(0, n - p + 1, ()).item())
-                     for n, p in zip(shape, self.patch_size, strict=True)]
-            sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size, strict=True))
-            frac = float(mask[sl].mean())
-            if frac > best_frac:
-                best, best_frac = sl, frac
-            if frac >= self.min_mask_fraction:
-                break
-        return best
 
 
 

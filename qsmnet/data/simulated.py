@@ -184,14 +184,20 @@ class SimulatedQSMDataset(IterableDataset):
         )
 
     def _crop(self, mask: torch.Tensor, rng: np.random.Generator) -> tuple[slice, slice, slice]:
-        best, best_frac = None, -1.0
-        for _ in range(10):
-            start = [int(rng.integers(0, n - p + 1))
-                     for n, p in zip(self.shape, self.patch_size, strict=True)]
-            sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size, strict=False))
-            frac = float(mask[sl].mean())
-            if frac > best_frac:
-                best, best_frac = sl, frac
-            if frac >= self.min_mask_fraction:
-                break
-        return best
+        return random_crop(mask, self.patch_size, rng, self.min_mask_fraction)
+
+
+def random_crop(mask: torch.Tensor, patch_size, rng: np.random.Generator,
+                min_mask_fraction: float) -> tuple[slice, slice, slice]:
+    """A random patch of ``mask`` (X, Y, Z), redrawn (up to 10 times) while less than
+    ``min_mask_fraction`` of it is inside the mask; the fullest draw wins if none qualifies."""
+    best, best_frac = None, -1.0
+    for _ in range(10):
+        start = [int(rng.integers(0, n - p + 1)) for n, p in zip(mask.shape, patch_size, strict=True)]
+        sl = tuple(slice(a, a + p) for a, p in zip(start, patch_size, strict=True))
+        frac = float(mask[sl].mean())
+        if frac > best_frac:
+            best, best_frac = sl, frac
+        if frac >= min_mask_fraction:
+            break
+    return best
