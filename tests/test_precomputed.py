@@ -133,6 +133,8 @@ def test_inference_solves_the_estimate_once_on_the_whole_volume(monkeypatch):
     whole = method(field, mask, geom, window="off")
     windowed = method(field, mask, geom, window=24, overlap=0.5)
     assert calls == [(40, 36, 20), (40, 36, 20)]
+    method(field, mask, geom, window="off", refine=1)  # refinement reuses the same estimate
+    assert len(calls) == 3
     # a U-Net is local given its (whole-volume) estimate: windows agree with the whole volume
     err = (windowed - whole)[mask > 0].norm() / whole[mask > 0].norm()
     assert err < 0.05

@@ -207,12 +207,17 @@ class NetworkMethod:
         p = W.plan(self.net, g_net.shape, f.device, window, max_memory)
         net = self.net
         extra: dict = {}
+        init = None  # an iterative initial estimate is solved once, for refinement and inference
+        if getattr(self.net, "precomputed_init", False):
+            with torch.no_grad():
+                init = self.net.initial_estimate(f_net, m_net, g_net)
         if refine and refine > 0:
             from .refine import refine_network
 
             net, extra = refine_network(self.net, f_net, m_net, g_net, steps=int(refine), lr=refine_lr,
-                                        window=window, max_memory=max_memory, overlap=overlap)  # fmt: skip
-        chi = run_network(net, f_net, m_net, g_net, p, overlap, half)
+                                        window=window, max_memory=max_memory, overlap=overlap,
+                                        init=init)  # fmt: skip
+        chi = run_network(net, f_net, m_net, g_net, p, overlap, half, init=init)
         if g_net is not geom:
             chi = resample_back(chi, geom.shape) * m
         if info is not None:

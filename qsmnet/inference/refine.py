@@ -40,6 +40,7 @@ def refine_network(
     max_memory: float | None = None,
     overlap: float = W.DEFAULT_OVERLAP,
     seed: int = 0,
+    init: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict]:
     """Fine-tune a copy of ``net`` on one subject's data consistency.
 
@@ -51,14 +52,15 @@ def refine_network(
         lr: Adam learning rate.
         window, max_memory, overlap: as :func:`qsmnet.inference.windows.plan` (for training memory).
         seed: seed of the window choice.
+        init: the network's whole-volume initial estimate when already computed (networks with
+            ``precomputed_init``; else computed here).
 
     Returns:
         ``(refined copy in eval mode, {"refine": {"steps", "lr", "mode", "residual_before",
         "residual_after"}})``, residuals ``||M (A chi - f)|| / ||M f||`` of the whole volume.
     """
     p_inf = W.plan(net, geometry.shape, field.device, window, max_memory)
-    init = None
-    if getattr(net, "precomputed_init", False):  # solved once on the whole volume, then windowed
+    if init is None and getattr(net, "precomputed_init", False):  # whole volume once, then windowed
         with torch.no_grad():
             init = net.initial_estimate(field, mask, geometry)
     before = residual_of(net, field, mask, geometry, p_inf, overlap, init)
