@@ -39,17 +39,12 @@ def _spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _simulations(spec: dict) -> list[dict]:
-    sim = spec["simulation"]
-    return [dict(x) for x in sim] if isinstance(sim, list | tuple) else [dict(sim)]
-
-
 def _make_volume(spec: dict, indices: Sequence[int], folder: str, threads: int) -> None:
     """Simulate and solve volumes ``indices`` of ``spec`` into ``folder`` (runs in a worker)."""
     from qsmnet.solvers import SOLVERS
 
     torch.set_num_threads(max(1, threads))
-    specs = _simulations(spec)
+    specs = spec["simulation"]
     sims = [SimulatedQSMDataset(**sp, patch_size=None, augment=False, length=spec["volumes"],
                                 seed=spec["seed"] + k) for k, sp in enumerate(specs)]
     for i in indices:
@@ -108,7 +103,7 @@ class PrecomputedDataset(Dataset):
         workers: int | None = None,
     ):
         super().__init__()
-        sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else dict(simulation)
+        sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else [dict(simulation)]
         self.spec = {"simulation": sims, "init": str(init), "init_params": dict(init_params or {}),
                      "volumes": int(volumes), "seed": int(seed)}
         self.folder = Path(cache_dir) / _spec_hash(self.spec)
@@ -132,7 +127,7 @@ class PrecomputedDataset(Dataset):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True) + "\n")
-        specs = _simulations(self.spec)
+        specs = self.spec["simulation"]
         groups: dict[tuple[int, int], list[int]] = {}
         for i in todo:  # volumes sharing a brain stay in one worker, which simulates it once
             k, j = i % len(specs), i // len(specs)
@@ -192,7 +187,6 @@ class PrecomputedDataset(Dataset):
         chi, field, mask, init = (a.contiguous().clone() for a in arrays)
         return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
                          meta={"volume": i, "noise_std": d["noise_std"]})
-
 
 
 def worker_main() -> None:

@@ -207,10 +207,7 @@ class NetworkMethod:
         p = W.plan(self.net, g_net.shape, f.device, window, max_memory)
         net = self.net
         extra: dict = {}
-        init = None  # an iterative initial estimate is solved once, for refinement and inference
-        if getattr(self.net, "precomputed_init", False):
-            with torch.no_grad():
-                init = self.net.initial_estimate(f_net, m_net, g_net)
+        init = whole_volume_init(self.net, f_net, m_net, g_net)  # once, for refinement and inference
         if refine and refine > 0:
             from .refine import refine_network
 
@@ -260,15 +257,23 @@ def run_network(
                 return net(fw, mw, geometry, **kw).float()
         return net(fw, mw, geometry, **kw)
 
+    init = whole_volume_init(net, field, mask, geometry, init)
     with torch.no_grad():
-        # An iterative initial estimate (QSMUNet(init="tv")) is solved once on the whole volume,
-        # never per window: the dipole field is nonlocal.
-        if init is None and getattr(net, "precomputed_init", False):
-            init = net.initial_estimate(field, mask, geometry)
         if p["mode"] == "windows":
             return W.sliding_windows(fn, field, mask, p["roi"], overlap, int(getattr(net, "multiple", 1)),
                                      extra=init)
         return fn(field, mask, init).float() * mask
+
+
+def whole_volume_init(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry,
+                      init: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The initial estimate of a network that wants it precomputed (``QSMUNet(init="tv")``), solved
+    once on the whole volume and never per window (the dipole field is nonlocal); ``init`` when
+    already given; None for networks that compute their own start inside ``forward``."""
+    if init is not None or not getattr(net, "precomputed_init", False):
+        return init
+    with torch.no_grad():
+        return net.initial_estimate(field, mask, geometry)
 
 
 def resample_to(field: torch.Tensor, mask: torch.Tensor, geometry: Geometry, voxel_size: Sequence[float]):

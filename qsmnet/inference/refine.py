@@ -60,9 +60,9 @@ def refine_network(
         "residual_after"}})``, residuals ``||M (A chi - f)|| / ||M f||`` of the whole volume.
     """
     p_inf = W.plan(net, geometry.shape, field.device, window, max_memory)
-    if init is None and getattr(net, "precomputed_init", False):  # whole volume once, then windowed
-        with torch.no_grad():
-            init = net.initial_estimate(field, mask, geometry)
+    from .network import whole_volume_init
+
+    init = whole_volume_init(net, field, mask, geometry, init)  # whole volume once, then windowed
     before = residual_of(net, field, mask, geometry, p_inf, overlap, init)
     p = W.plan(net, geometry.shape, field.device, window, max_memory, train=True)
     tuned = copy.deepcopy(net).to(field.device)

@@ -172,9 +172,7 @@ def sliding_windows(
         overlaps.append(max(0.0, 1 - (step + 1e-6) / r))
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        if extra is None:
-            return fn(window[:, :1], window[:, 1:2]).float()
-        return fn(window[:, :1], window[:, 1:2], window[:, 2:3]).float()
+        return fn(*window.split(1, dim=1)).float()  # field, mask[, extra]
 
     out = sliding_window_inference(
         x,
