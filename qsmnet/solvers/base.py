@@ -91,7 +91,9 @@ def prepare(field, mask, geometry: Geometry | Sequence[Geometry]) -> Problem:
     op = DipoleOperator(geoms[0] if len(set(geoms)) == 1 else geoms).to(f.device)
     if len(geoms) == 1:
         geoms = geoms * f.shape[0]
-    return Problem(f * m, m, op, geoms, squeeze)
+    # C order: NIfTI arrays arrive in Fortran order, and every elementwise pass and FFT of the
+    # iterative solvers is ~2x slower on such strides (TV on a 160^3 brain: 59 s vs 33 s).
+    return Problem((f * m).contiguous(), m.contiguous(), op, geoms, squeeze)
 
 
 def _norms(x: torch.Tensor) -> torch.Tensor:
