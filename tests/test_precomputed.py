@@ -138,3 +138,73 @@ def test_inference_solves_the_estimate_once_on_the_whole_volume(monkeypatch):
     # a U-Net is local given its (whole-volume) estimate: windows agree with the whole volume
     err = (windowed - whole)[mask > 0].norm() / whole[mask > 0].norm()
     assert err < 0.05
+
+
+def test_residual_guide_is_what_the_data_say_about_the_estimate():
+    from qsmnet.models.common import make_operator, residual_guide, tikhonov
+
+    chi, field, mask, geom = _phantom()
+    # the truth explains its own noise-free field: nothing left to say
+    assert residual_guide(field, mask, geom, chi, 0.02).abs().max() < 1e-5
+    # from a zero estimate the guide is the Tikhonov solution of the field, for this geometry
+    op = make_operator(geom, field)
+    torch.testing.assert_close(residual_guide(field, mask, geom, torch.zeros_like(chi), 0.02),
+                               tikhonov(op, field * mask, 0.02) * mask)
+    other = Geometry(geom.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+    assert not torch.allclose(residual_guide(field, mask, other, 0 * chi, 0.02),
+                              residual_guide(field, mask, geom, 0 * chi, 0.02))
+
+
+def test_guided_unet_takes_the_guide_and_grows_from_an_unguided_one(tmp_path):
+    from qsmnet.models.io import load_grown
+
+    chi, field, mask, geom = _phantom()
+    kw = {"channels": (4, 8), "strides": (2,), "init": "tv", "init_params": TV}
+    old = QSMUNet(**kw).eval()
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net = QSMUNet(guide_lambda=0.02, **kw).eval()
+    assert net.init_channels == 2 and net.precomputed_init
+    grown = load_grown(net, old.state_dict())
+    assert grown  # the first convolutions took a new input channel, initialised to zero
+    init = net.initial_estimate(field, mask, geom)
+    assert init.shape[1] == 2
+    torch.testing.assert_close(init[:, :1], old.initial_estimate(field, mask, geom))
+    with torch.no_grad():
+        # zero weights on the new channel: exactly the old network's output
+        torch.testing.assert_close(net(field, mask, geom, init=init), old(field, mask, geom, init=init[:, :1]),
+                                   rtol=0, atol=0)
+        for k in grown:
+            dict(net.named_parameters())[k][:, -1].fill_(0.1)
+        assert not torch.allclose(net(field, mask, geom, init=init), old(field, mask, geom, init=init[:, :1]))
+        # windows get every channel of the whole-volume estimate
+        method = NetworkMethod(net, name="t")
+        whole = method(field, mask, geom, window="off")
+        windowed = method(field, mask, geom, window=16, overlap=0.5)
+        assert (windowed - whole)[mask > 0].norm() / whole[mask > 0].norm() < 0.05
+    with pytest.raises(ValueError, match="channels"):
+        net(field, mask, geom, init=init[:, :1])
+    with pytest.raises(ValueError, match="guide_lambda"):
+        QSMUNet(guide_lambda=0.0, **kw)
+
+
+def test_dataset_guide_is_computed_on_the_whole_volume(tmp_path):
+    from qsmnet.models.common import residual_guide
+
+    whole = _dataset(tmp_path, augment=False, guide_lambda=0.02)
+    whole.prepare(progress=False)
+    s = whole[1]
+    assert s.init.shape == (2, 20, 18, 16)
+    ref = residual_guide(s.field[None], s.mask[None], s.geometry, s.init[None, :1], 0.02)[0]
+    torch.testing.assert_close(s.init[1:], ref)
+    patches = _dataset(tmp_path, augment=False, guide_lambda=0.02, patch_size=(12, 10, 8))
+    torch.manual_seed(0)
+    p = patches[1]
+    sx, sy, sz = p.field.shape[-3:]
+    hits = [(x, y, z) for x in range(20 - sx + 1) for y in range(18 - sy + 1) for z in range(16 - sz + 1)
+            if torch.equal(s.field[0, x:x + sx, y:y + sy, z:z + sz], p.field[0])]
+    assert hits
+    x, y, z = hits[0]
+    # the patch's guide is the whole volume's, cropped (not recomputed on the patch)
+    torch.testing.assert_close(p.init[1], ref[0, x:x + sx, y:y + sy, z:z + sz])

@@ -82,6 +82,10 @@ class PrecomputedDataset(Dataset):
         permute_axes: axes that augmentation may permute.
         min_mask_fraction: patches are redrawn (up to 10 times) while less of them is in the mask.
         workers: processes used by :meth:`prepare` (default: all CPU cores).
+        guide_lambda: also give the network's residual-guide channel
+            (:func:`qsmnet.models.common.residual_guide` with this Tikhonov weight, as the network's
+            ``guide_lambda``), computed on the whole volume before cropping and kept in memory per
+            volume (not cached on disk: it costs a few FFTs).
 
     Items are :class:`QSMSample` with ``init`` set; patches and augmentation draw from torch's
     random generator (seeded per worker by Lightning's ``seed_everything(workers=True)``).
@@ -101,8 +105,11 @@ class PrecomputedDataset(Dataset):
         permute_axes: Sequence[int] = (0, 1),
         min_mask_fraction: float = 0.2,
         workers: int | None = None,
+        guide_lambda: float | None = None,
     ):
         super().__init__()
+        self.guide_lambda = None if guide_lambda is None else float(guide_lambda)
+        self._guides: dict[int, torch.Tensor] = {}
         sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else [dict(simulation)]
         self.spec = {"simulation": sims, "init": str(init), "init_params": dict(init_params or {}),
                      "volumes": int(volumes), "seed": int(seed)}
@@ -172,6 +179,8 @@ class PrecomputedDataset(Dataset):
         arrays = [d["chi"], d["field"], d["mask"].to(torch.float32), d["init"]]
         shape = tuple(arrays[0].shape[-3:])
         geom = Geometry(shape, tuple(d["voxel_size"]), tuple(d["b0_dir"]))
+        if self.guide_lambda is not None:
+            arrays[3] = torch.cat([arrays[3], self._guide(i, arrays[1], arrays[2], arrays[3], geom)])
         # numpy generator drawn from torch's (seeded per worker by Lightning)
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         if self.patch_size is not None:
@@ -187,6 +196,15 @@ class PrecomputedDataset(Dataset):
         chi, field, mask, init = (a.contiguous().clone() for a in arrays)
         return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
                          meta={"volume": i, "noise_std": d["noise_std"]})
+
+
+    def _guide(self, i: int, field, mask, est, geom: Geometry) -> torch.Tensor:
+        if i not in self._guides:
+            from qsmnet.models.common import residual_guide
+
+            with torch.no_grad():
+                self._guides[i] = residual_guide(field[None], mask[None], geom, est[None], self.guide_lambda)[0]
+        return self._guides[i]
 
 
 def worker_main() -> None:

@@ -148,8 +148,9 @@ def sliding_windows(
         multiple: window corners are kept on multiples of this (relative to the volume's corner),
             so a network with strided downsampling by ``multiple`` (a U-Net) samples each window
             on the grid it uses on the whole volume.
-        extra: optional (B, 1, X, Y, Z) volume computed on the whole grid (a network's initial
-            estimate), windowed alongside and passed as ``fn(field_w, mask_w, extra_w)``.
+        extra: optional (B, C, X, Y, Z) channels computed on the whole grid (a network's initial
+            estimate and its guide channels), windowed alongside and passed as
+            ``fn(field_w, mask_w, extra_w)``.
 
     Returns:
         (B, 1, X, Y, Z) chi (ppm) on the input's device, zero outside the mask.
@@ -172,7 +173,8 @@ def sliding_windows(
         overlaps.append(max(0.0, 1 - (step + 1e-6) / r))
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return fn(*window.split(1, dim=1)).float()  # field, mask[, extra]
+        parts = (window[:, :1], window[:, 1:2]) + ((window[:, 2:],) if extra is not None else ())
+        return fn(*parts).float()  # field, mask[, extra]
 
     out = sliding_window_inference(
         x,

@@ -64,6 +64,28 @@ def tikhonov(op: DipoleOperator, field: torch.Tensor, lam: float | torch.Tensor)
     return op.filter(field, d / (d * d + lam))
 
 
+def residual_guide(field: torch.Tensor, mask: torch.Tensor, geometry, est: torch.Tensor, lam: float,
+                   pad=0) -> torch.Tensor:
+    """What the data still say about ``est``: the closed-form Tikhonov solution of its field residual,
+    ``F^-1[D/(D^2+lam) F M (f - A est)]`` (ppm, zero outside the mask).
+
+    A regularised solver (TV) leaves signal in its residual wherever the prior overrode the data
+    (lost texture, flattened contrast) and only noise where it did not; this channel shows a
+    network both, filtered by each sample's own dipole kernel (geometry-aware), and so also how
+    noisy the sample is. It is a whole-volume quantity (the dipole field is nonlocal): compute it
+    before cutting patches or windows.
+
+    Args:
+        field, mask, est: (B, 1, X, Y, Z) field (ppm), 0/1 mask, estimate (ppm).
+        geometry: one Geometry per sample (or one for all).
+        lam: Tikhonov weight of the filter (> 0).
+        pad: zero padding of the dipole operator.
+    """
+    op = make_operator(geometry, field, pad)
+    r = (field - op.A(est.to(field.dtype))) * mask
+    return tikhonov(op, r, lam) * mask
+
+
 class InitialEstimate:
     """Mixin: the classical estimate a network starts from.
 
@@ -73,16 +95,24 @@ class InitialEstimate:
     estimate must be the whole volume's: training on patches takes it precomputed
     (``forward(..., init=...)``, :class:`qsmnet.data.PrecomputedDataset`) and inference computes it
     before any sliding window (:attr:`precomputed_init`).
+
+    ``guide_lambda`` (networks that take it, :class:`~qsmnet.models.QSMUNet`): the estimate comes
+    with a second channel, :func:`residual_guide` with that Tikhonov weight, so ``init`` tensors are
+    (B, :attr:`init_channels`, X, Y, Z): channel 0 the estimate, then the guide.
     """
 
     init: str = "tikhonov"
     init_params: dict
     tik_lambda: float
     pad: int
+    guide_lambda: float | None = None
 
-    def _set_init(self, init: str, init_params: dict | None) -> None:
+    def _set_init(self, init: str, init_params: dict | None, guide_lambda: float | None = None) -> None:
         self.init = str(init)
         self.init_params = dict(init_params or {})
+        if guide_lambda is not None and not float(guide_lambda) > 0:
+            raise ValueError(f"guide_lambda must be > 0 or None, got {guide_lambda}")
+        self.guide_lambda = None if guide_lambda is None else float(guide_lambda)
         if self.init != "tikhonov":
             from qsmnet.solvers import SOLVERS
 
@@ -91,22 +121,33 @@ class InitialEstimate:
 
     @property
     def precomputed_init(self) -> bool:
-        """True when the initial estimate is iterative: compute it once on the whole volume."""
-        return self.init != "tikhonov"
+        """True when the initial estimate is iterative or guided: compute it once on the whole volume."""
+        return self.init != "tikhonov" or self.guide_lambda is not None
+
+    @property
+    def init_channels(self) -> int:
+        """Channels of the ``init`` tensor: the estimate, plus the residual guide if any."""
+        return 1 if self.guide_lambda is None else 2
 
     def initial_estimate(self, field: torch.Tensor, mask: torch.Tensor, geometry,
                          op: DipoleOperator | None = None) -> torch.Tensor:
-        """The starting estimate, (B, 1, X, Y, Z) ppm, zero outside the mask."""
+        """The starting estimate, (B, :attr:`init_channels`, X, Y, Z) ppm, zero outside the mask."""
         f = field * mask
         if self.init == "tikhonov":
             op = make_operator(geometry, field, self.pad) if op is None else op
-            return tikhonov(op, f, self.tik_lambda) * mask
-        from qsmnet.solvers import SOLVERS
+            est = tikhonov(op, f, self.tik_lambda) * mask
+        else:
+            from qsmnet.solvers import SOLVERS
 
+            with torch.no_grad():
+                geoms = as_geometries(geometry, field)
+                est = SOLVERS[self.init](f.float(), mask.float(), geoms, **self.init_params)
+            est = est.to(field.dtype) * mask
+        if self.guide_lambda is None:
+            return est
         with torch.no_grad():
-            geoms = as_geometries(geometry, field)
-            est = SOLVERS[self.init](f.float(), mask.float(), geoms, **self.init_params)
-        return est.to(field.dtype) * mask
+            guide = residual_guide(f, mask, geometry, est, self.guide_lambda, self.pad)
+        return torch.cat([est, guide], dim=1)
 
 
 class ResidualCNN(nn.Module):

@@ -98,6 +98,33 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def load_grown(net: nn.Module, state: dict) -> list[str]:
+    """Load ``state`` into ``net``, allowing ``net`` more input channels than ``state`` was trained with.
+
+    A tensor whose shape differs only in dim 1 (a convolution's input channels) and is larger in
+    ``net`` gets the old weights in its first channels and zeros in the new ones, so the grown
+    network computes exactly what the old one did until training uses the new inputs (e.g. a U-Net
+    given a guide channel, ``QSMUNet(guide_lambda=...)``). Anything else must match exactly.
+
+    Returns:
+        The names of the grown tensors.
+    """
+    own = net.state_dict()
+    grown, fixed = [], {}
+    for k, v in state.items():
+        t = own.get(k)
+        if t is not None and t.dim() == v.dim() >= 2 and t.shape[1] > v.shape[1] and \
+                t.shape[:1] == v.shape[:1] and t.shape[2:] == v.shape[2:]:
+            w = torch.zeros_like(t)
+            w[:, : v.shape[1]] = v
+            fixed[k] = w
+            grown.append(k)
+        else:
+            fixed[k] = v
+    net.load_state_dict(fixed)
+    return grown
+
+
 def load_network(name_or_path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild a network from saved weights.
 

@@ -15,7 +15,9 @@ from .common import InitialEstimate, channels_last
 class QSMUNet(InitialEstimate, nn.Module):
     """U-Net that predicts a residual on a classical estimate of chi.
 
-    Inputs to the U-Net are three channels: ``scale * field``, ``scale * estimate`` and the mask.
+    Inputs to the U-Net are three channels: ``scale * field``, ``scale * estimate`` and the mask,
+    plus ``scale * guide`` with ``guide_lambda`` set (:func:`~qsmnet.models.common.residual_guide`:
+    what the data still say about the estimate).
     The estimate (closed-form Tikhonov by default, or any registered solver such as ``"tv"``) uses
     each sample's B0 direction and voxel size, which is how a network with no physics inside copes
     with any orientation and resolution. Inputs of any size are zero-padded to a multiple of the
@@ -39,6 +41,7 @@ class QSMUNet(InitialEstimate, nn.Module):
         pad: zero padding of the dipole operator used for the Tikhonov estimate.
         init, init_params: the initial estimate (see :class:`~qsmnet.models.common.InitialEstimate`):
             ``"tikhonov"`` (closed form with ``tik_lambda``) or a solver name and its parameters.
+        guide_lambda: Tikhonov weight of the residual-guide channel (None: no guide).
     """
 
     def __init__(
@@ -54,13 +57,15 @@ class QSMUNet(InitialEstimate, nn.Module):
         pad: int = 0,
         init: str = "tikhonov",
         init_params: dict | None = None,
+        guide_lambda: float | None = None,
     ):
         super().__init__()
+        self._set_init(init, init_params, guide_lambda)
         norm = tuple(norm) if isinstance(norm, list) else norm
         act = tuple(act) if isinstance(act, list) else act
         self.unet = UNet(
             spatial_dims=3,
-            in_channels=3,
+            in_channels=2 + self.init_channels,
             out_channels=1,
             channels=tuple(channels),
             strides=tuple(strides),
@@ -73,18 +78,22 @@ class QSMUNet(InitialEstimate, nn.Module):
         self.tik_lambda = float(tik_lambda)
         self.scale = float(scale)
         self.pad = pad
-        self._set_init(init, init_params)
 
     def forward(self, field: torch.Tensor, mask: torch.Tensor, geometry,
                 init: torch.Tensor | None = None) -> torch.Tensor:
         """field, mask: (B, 1, X, Y, Z) (ppm, 0/1); geometry: B Geometries -> chi (B, 1, X, Y, Z) ppm.
 
         ``init``: the initial estimate when precomputed (e.g. on the whole volume a patch came
-        from); None computes it here with :meth:`initial_estimate`.
+        from), (B, :attr:`init_channels`, X, Y, Z); None computes it here with
+        :meth:`initial_estimate`.
         """
         f = field * mask
-        tik = self.initial_estimate(field, mask, geometry) if init is None else init * mask
-        x = torch.cat([f * self.scale, tik * self.scale, mask], dim=1)
+        init = self.initial_estimate(field, mask, geometry) if init is None else init * mask
+        if init.shape[1] != self.init_channels:
+            raise ValueError(f"init has {init.shape[1]} channels, this network takes {self.init_channels}")
+        tik = init[:, :1]
+        # Guide channels last, so a network grown from a guide-less one keeps its channel order.
+        x = torch.cat([f * self.scale, tik * self.scale, mask, init[:, 1:] * self.scale], dim=1)
         shape = x.shape[-3:]
         m = self.multiple
         extra = [(-n) % m for n in shape]

@@ -98,7 +98,7 @@ def train(cfg) -> dict[str, float]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from qsmnet.models.io import build_network, load_network, save_weights
+    from qsmnet.models.io import build_network, load_grown, load_network, save_weights
 
     from .module import QSMLitModule
 
@@ -113,8 +113,9 @@ def train(cfg) -> dict[str, float]:
     net = build_network(cfg.model)
     if cfg.get("init_from"):
         src, _ = load_network(cfg.init_from)
-        net.load_state_dict(src.state_dict())
-        log.info("initialised the network from %s", cfg.init_from)
+        grown = load_grown(net, src.state_dict())
+        log.info("initialised the network from %s%s", cfg.init_from,
+                 f" (new input channels zero in {', '.join(grown)})" if grown else "")
     module = QSMLitModule(
         net=net,
         loss=instantiate(cfg.loss),
