@@ -203,7 +203,8 @@ class PrecomputedDataset(Dataset):
             from qsmnet.models.common import residual_guide
 
             with torch.no_grad():
-                self._guides[i] = residual_guide(field[None], mask[None], geom, est[None], self.guide_lambda)[0]
+                g = residual_guide(field[None], mask[None], geom, est[None], self.guide_lambda)
+            self._guides[i] = g[0]
         return self._guides[i]
 
 
