@@ -255,3 +255,35 @@ def test_half_precision_on_cuda_matches_float32():
     half = nm(f, m, g, half=True, info=info).cpu().numpy()
     assert info["half"] is True and half.dtype == np.float32
     assert rel(half, full, mask) < 0.02
+
+
+def test_flip_averaging_carries_the_geometry_along():
+    from qsmnet.inference.network import FLIPS
+
+    _, field, mask = phantom(n=21, seed=4, b0_dir=(0.3, -0.2, 0.93))
+    g = Geometry(field.shape, (1.0, 0.9, 1.6), (0.3, -0.2, 0.93))
+    f, m = torch.from_numpy(field), torch.from_numpy(mask.astype(np.float32))
+    # A U-Net whose correction is zero answers its Tikhonov estimate, which is flip-equivariant only
+    # if each flipped copy gets its flipped geometry: then averaging changes nothing.
+    zero = mio.build_network(TINY_UNET)
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    plain = NetworkMethod(zero, name="t")
+    torch.testing.assert_close(plain(f, m, g, window="off", flips=8), plain(f, m, g, window="off", flips=1),
+                               rtol=0, atol=1e-6)
+    # A trained-like (perturbed) U-Net is not equivariant: flips=4 is the mean of four answers.
+    net = mio.build_network(TINY_UNET)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = NetworkMethod(net, name="t")
+    f5, m5 = f[None, None], m[None, None]
+    with torch.no_grad():
+        ref = sum(t.apply(net(t.apply(f5), t.apply(m5), (t.geometry(g),))) for t in FLIPS[:4]) / 4
+    one, four = method(f, m, g, window="off", flips=1), method(f, m, g, window="off", flips=4)
+    torch.testing.assert_close(four, ref[0, 0] * m, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(one, four)
+    with pytest.raises(QSMNetError, match="flips"):
+        method(f, m, g, flips=3)

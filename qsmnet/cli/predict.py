@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--refine", type=int, metavar="N", help="N Adam steps of test-time data-consistency tuning"
     )
     n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
+    n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
+                   help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
     parser.add_argument(
         "--magnitude", help="magnitude image on the field's grid (medi edges, medi/ndi weights)"
     )
@@ -130,6 +132,7 @@ def _params(args) -> dict:
         ("half", True if args.half else None),
         ("refine", args.refine),
         ("refine_lr", args.refine_lr),
+        ("flips", args.flips),
     ]
     return {k: v for k, v in pairs if v is not None}
 

@@ -17,10 +17,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qsmnet.data.augment import GridTransform
 from qsmnet.errors import QSMNetError
 from qsmnet.physics import Geometry
 
 from . import windows as W
+
+#: Grid flips for test-time averaging, in the order ``flips=N`` takes them: the identity, the point
+#: reflection, then single-axis flips and their complements (a varied set for N = 2 and 4).
+FLIPS = tuple(GridTransform((0, 1, 2), tuple(bool(int(c)) for c in code))
+              for code in ("000", "111", "100", "011", "010", "101", "001", "110"))
+#: Flips averaged by default: on the benchmark's brains, 4 gave most of the gain of 8 (~1 % nRMSE)
+#: for a U-Net at 4x the network's (not the initial estimate's) cost.
+DEFAULT_FLIPS = 4
 
 #: Training ranges assumed when a network's metadata does not state them.
 DEFAULT_MAX_TILT_DEG = 45.0
@@ -163,6 +172,7 @@ class NetworkMethod:
         half: bool = False,
         refine: int = 0,
         refine_lr: float = 1e-4,
+        flips: int = DEFAULT_FLIPS,
     ) -> torch.Tensor:
         """Reconstruct chi with the network.
 
@@ -178,6 +188,10 @@ class NetworkMethod:
             half: float16 autocast (CUDA only; ignored on the CPU).
             refine: steps of test-time data-consistency fine-tuning on this input (0: none).
             refine_lr: Adam learning rate of ``refine``.
+            flips: test-time flip averaging: the mean of the network's answers on this many
+                flipped copies of the input (1, 2, 4 or 8; see :data:`FLIPS`), each with its own
+                geometry (a flip of axis i negates ``b0_dir[i]``). The whole-volume estimate is
+                solved once and flipped with the input.
 
         Returns:
             chi (ppm), the field's shape, float32, on the field's device, zero outside the mask.
@@ -191,7 +205,7 @@ class NetworkMethod:
         if len(geoms) != 1:
             chis = [self(f[b : b + 1], m[b : b + 1], geoms[min(b, len(geoms) - 1)], window=window,
                          overlap=overlap, max_memory=max_memory, half=half, refine=refine,
-                         refine_lr=refine_lr) for b in range(f.shape[0])]  # fmt: skip
+                         refine_lr=refine_lr, flips=flips) for b in range(f.shape[0])]  # fmt: skip
             chi = torch.cat(chis)
             return chi[0, 0] if squeeze else chi
         geom = geoms[0]
@@ -214,7 +228,7 @@ class NetworkMethod:
             net, extra = refine_network(self.net, f_net, m_net, g_net, steps=int(refine), lr=refine_lr,
                                         window=window, max_memory=max_memory, overlap=overlap,
                                         init=init)  # fmt: skip
-        chi = run_network(net, f_net, m_net, g_net, p, overlap, half, init=init)
+        chi = run_network(net, f_net, m_net, g_net, p, overlap, half, init=init, flips=flips)
         if g_net is not geom:
             chi = resample_back(chi, geom.shape) * m
         if info is not None:
@@ -226,6 +240,7 @@ class NetworkMethod:
                 "memory_estimate_bytes": p["estimate_bytes"],
                 "memory_budget_bytes": p["budget_bytes"],
                 "resampled_to_mm": list(self.fixed_voxel_size) if g_net is not geom else None,
+                "flips": int(flips),
             }
             info["half"] = half
             info["iterations"] = getattr(self.net, "iterations", None)
@@ -243,26 +258,38 @@ def run_network(
     overlap: float = W.DEFAULT_OVERLAP,
     half: bool = False,
     init: torch.Tensor | None = None,
+    flips: int = 1,
 ) -> torch.Tensor:
     """Forward pass (no grad) of ``net`` on (1, 1, X, Y, Z) ``field``/``mask`` following plan ``p``.
 
     ``init``: the network's initial estimate if already computed (else computed here when the
-    network wants it precomputed on the whole volume)."""
-
-    def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None) -> torch.Tensor:
-        # The network builds its dipole operator on the window's shape with this geometry.
-        kw = {} if iw is None else {"init": iw}
-        if half:
-            with torch.autocast("cuda", dtype=torch.float16):
-                return net(fw, mw, geometry, **kw).float()
-        return net(fw, mw, geometry, **kw)
-
+    network wants it precomputed on the whole volume). ``flips``: average the answers on the first
+    ``flips`` grid flips of :data:`FLIPS` (1: the input as it is)."""
+    if flips not in (1, 2, 4, 8):
+        raise QSMNetError(f"flips must be 1, 2, 4 or 8, got {flips}")
     init = whole_volume_init(net, field, mask, geometry, init)
-    with torch.no_grad():
-        if p["mode"] == "windows":
-            return W.sliding_windows(fn, field, mask, p["roi"], overlap, int(getattr(net, "multiple", 1)),
-                                     extra=init)
-        return fn(field, mask, init).float() * mask
+    multiple = int(getattr(net, "multiple", 1))
+    total = None
+    for t in FLIPS[:flips]:  # flips are their own inverse
+        g = t.geometry(geometry)
+
+        def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None, g=g) -> torch.Tensor:
+            # The network builds its dipole operator on the window's shape with this geometry.
+            kw = {} if iw is None else {"init": iw}
+            if half:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    return net(fw, mw, g, **kw).float()
+            return net(fw, mw, g, **kw)
+
+        fl, ml, il = (None if x is None else t.apply(x) for x in (field, mask, init))
+        with torch.no_grad():
+            if p["mode"] == "windows":
+                out = W.sliding_windows(fn, fl, ml, p["roi"], overlap, multiple, extra=il)
+            else:
+                out = fn(fl, ml, il).float() * ml
+        out = t.apply(out)
+        total = out if total is None else total.add_(out)
+    return total / flips
 
 
 def whole_volume_init(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry,
