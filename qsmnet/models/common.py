@@ -65,7 +65,7 @@ def tikhonov(op: DipoleOperator, field: torch.Tensor, lam: float | torch.Tensor)
 
 
 def residual_guide(field: torch.Tensor, mask: torch.Tensor, geometry, est: torch.Tensor, lam: float,
-                   pad=0) -> torch.Tensor:
+                   pad=0, op: DipoleOperator | None = None) -> torch.Tensor:
     """What the data still say about ``est``: the closed-form Tikhonov solution of its field residual,
     ``F^-1[D/(D^2+lam) F M (f - A est)]`` (ppm, zero outside the mask).
 
@@ -80,8 +80,9 @@ def residual_guide(field: torch.Tensor, mask: torch.Tensor, geometry, est: torch
         geometry: one Geometry per sample (or one for all).
         lam: Tikhonov weight of the filter (> 0).
         pad: zero padding of the dipole operator.
+        op: the batch's operator when the caller already has it (else built from ``geometry``).
     """
-    op = make_operator(geometry, field, pad)
+    op = make_operator(geometry, field, pad) if op is None else op
     r = (field - op.A(est.to(field.dtype))) * mask
     return tikhonov(op, r, lam) * mask
 
@@ -146,7 +147,7 @@ class InitialEstimate:
         if self.guide_lambda is None:
             return est
         with torch.no_grad():
-            guide = residual_guide(f, mask, geometry, est, self.guide_lambda, self.pad)
+            guide = residual_guide(f, mask, geometry, est, self.guide_lambda, self.pad, op=op)
         return torch.cat([est, guide], dim=1)
 
 
