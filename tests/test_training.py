@@ -27,6 +27,7 @@ TINY_MODEL = {
     "modl": ["model.iterations=2", "model.features=4", "model.depth=2", "model.cg_iters=2"],
     "unet": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
     "varnet": ["model.iterations=2", "model.features=4", "model.depth=2"],
+    "cascade": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
 }
 
 
@@ -54,10 +55,13 @@ def test_configs_compose_for_every_group():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_every_experiment(experiment, tmp_path):
     model = experiment.split("_")[0]
-    # Networks that start from an iterative solver train on the cached whole-volume estimate.
-    init = make_cfg(tmp_path, [f"experiment={experiment}"]).model.get("init", "tikhonov")
-    data = (["data=tiny"] if init == "tikhonov"
-            else ["data=tiny_precomputed", "model.init_params.iterations=20"])
+    # Networks that start from an iterative solver, or from another network (a cascade's base),
+    # train on the cached whole-volume estimate.
+    own = make_cfg(tmp_path, [f"experiment={experiment}"]).model
+    init = own.get("init", "tikhonov")
+    tiny = ["data=tiny_precomputed", "data.train.volumes=2", "data.val.volumes=1"]  # not the experiment's
+    data = (tiny if own.get("base") else ["data=tiny"] if init == "tikhonov"
+            else [*tiny, "model.init_params.iterations=20"])
     cfg = make_cfg(
         tmp_path,
         [f"experiment={experiment}", "debug=fast_dev_run", *data, "data.train.patch_size=17",

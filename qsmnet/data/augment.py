@@ -78,3 +78,26 @@ def random_transform(rng: np.random.Generator, flip: bool = True, permute: bool 
             perm[a] = b
     flips = tuple(bool(v) for v in rng.integers(0, 2, size=3)) if flip else (False, False, False)
     return GridTransform(tuple(perm), flips)
+
+
+#: Grid flips for test-time averaging, in the order ``flips=N`` takes them: the identity, the point
+#: reflection, then single-axis flips and their complements (a varied set for N = 2 and 4).
+FLIPS = tuple(GridTransform((0, 1, 2), tuple(bool(int(c)) for c in code))
+              for code in ("000", "111", "100", "011", "010", "101", "001", "110"))
+
+
+def flip_average(fn, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry,
+                 extra: torch.Tensor | None = None, flips: int = 1) -> torch.Tensor:
+    """Mean of ``fn(T(field), T(mask), T(geometry), T(extra))`` mapped back by ``T``, over the first
+    ``flips`` of :data:`FLIPS` (flips are their own inverse): test-time flip averaging of a network.
+
+    ``fn`` takes (1, C, X, Y, Z) tensors, a Geometry and ``extra`` (or None) and returns (1, 1, X, Y, Z).
+    """
+    if flips not in (1, 2, 4, 8):
+        raise ValueError(f"flips must be 1, 2, 4 or 8, got {flips}")
+    total = None
+    for t in FLIPS[:flips]:
+        out = t.apply(fn(t.apply(field), t.apply(mask), t.geometry(geometry),
+                         None if extra is None else t.apply(extra)))
+        total = out if total is None else total.add_(out)
+    return total / flips

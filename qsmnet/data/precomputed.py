@@ -82,6 +82,11 @@ class PrecomputedDataset(Dataset):
         permute_axes: axes that augmentation may permute.
         min_mask_fraction: patches are redrawn (up to 10 times) while less of them is in the mask.
         workers: processes used by :meth:`prepare` (default: all CPU cores).
+        base: weights (shipped name or path) of a cascade's first stage: the estimate becomes that
+            network's answer on the whole volume (computed from the cached solver estimate, once,
+            by :meth:`prepare`); ``init``/``init_params`` must be the base's own (None: read them
+            from the base's config).
+        base_flips: grid flips averaged for the base's answer (as ``QSMCascade.base_flips``).
         guide_lambda: also give the network's residual-guide channel
             (:func:`qsmnet.models.common.residual_guide` with this Tikhonov weight, as the network's
             ``guide_lambda``), computed on the whole volume before cropping and kept in memory per
@@ -95,7 +100,7 @@ class PrecomputedDataset(Dataset):
         self,
         cache_dir: str | os.PathLike,
         simulation: dict,
-        init: str = "tv",
+        init: str | None = "tv",
         init_params: dict | None = None,
         volumes: int = 200,
         seed: int = 0,
@@ -106,11 +111,17 @@ class PrecomputedDataset(Dataset):
         min_mask_fraction: float = 0.2,
         workers: int | None = None,
         guide_lambda: float | None = None,
+        base: str | None = None,
+        base_flips: int = 4,
     ):
         super().__init__()
         self.guide_lambda = None if guide_lambda is None else float(guide_lambda)
         self._guides: dict[int, torch.Tensor] = {}
         sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else [dict(simulation)]
+        if base is not None and init is None:
+            init, init_params = _base_init(str(base))
+        if init is None:
+            raise ValueError("PrecomputedDataset needs init (a solver name) or a base network")
         self.spec = {"simulation": sims, "init": str(init), "init_params": dict(init_params or {}),
                      "volumes": int(volumes), "seed": int(seed)}
         self.folder = Path(cache_dir) / _spec_hash(self.spec)
@@ -120,15 +131,52 @@ class PrecomputedDataset(Dataset):
         self.permute_axes = tuple(int(a) for a in permute_axes)
         self.min_mask_fraction = float(min_mask_fraction)
         self.workers = int(workers or os.cpu_count() or 1)
+        self.base = None if base is None else str(base)
+        self.base_flips = int(base_flips)
+        self.base_folder = None
+        if self.base is not None:
+            _check_base(self.base, self.spec)
+            tag = _base_hash(self.base, self.base_flips)
+            self.base_folder = self.folder.with_name(f"{self.folder.name}-{tag}")
 
     def path(self, i: int) -> Path:
         return self.folder / f"vol_{i:05d}.pt"
 
+    def base_path(self, i: int) -> Path:
+        return self.base_folder / f"base_{i:05d}.pt"
+
     def missing(self) -> list[int]:
         return [i for i in range(self.spec["volumes"]) if not self.path(i).exists()]
 
+    def missing_base(self) -> list[int]:
+        if self.base_folder is None:
+            return []
+        return [i for i in range(self.spec["volumes"]) if not self.base_path(i).exists()]
+
     def prepare(self, progress: bool = True) -> None:
-        """Simulate and solve the volumes not in the cache yet (in ``workers`` processes)."""
+        """Simulate and solve the volumes not in the cache yet (in ``workers`` processes), then
+        run the base network on those without its answer (in this process)."""
+        self._prepare_solver(progress)
+        todo = self.missing_base()
+        if not todo:
+            return
+        if progress:
+            print(f"running {self.base} on {len(todo)} volumes into {self.base_folder}", flush=True)
+        self.base_folder.mkdir(parents=True, exist_ok=True)
+        from qsmnet.models.io import load_network
+
+        net, _ = load_network(self.base)
+        for i in todo:
+            d = self._load(i, base=False)
+            geom = Geometry(tuple(d["field"].shape[-3:]), tuple(d["voxel_size"]), tuple(d["b0_dir"]))
+            est = base_answer(net, d["field"][None], d["mask"][None].float(), geom, d["init"][None],
+                              self.base_flips)
+            path = self.base_path(i)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"init": est[0].float()}, tmp)
+            os.replace(tmp, path)
+
+    def _prepare_solver(self, progress: bool) -> None:
         todo = self.missing()
         if not todo:
             return
@@ -167,11 +215,14 @@ class PrecomputedDataset(Dataset):
     def __len__(self) -> int:
         return self.spec["volumes"] * self.patches_per_volume
 
-    def _load(self, i: int) -> dict:
-        path = self.path(i)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: call prepare() first (QSMDataModule does)")
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    def _load(self, i: int, base: bool = True) -> dict:
+        paths = [self.path(i)] + ([self.base_path(i)] if base and self.base_folder is not None else [])
+        out = {}
+        for path in paths:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: call prepare() first (QSMDataModule does)")
+            out.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        return out
 
     def __getitem__(self, k: int) -> QSMSample:
         i = int(k) // self.patches_per_volume
@@ -206,6 +257,58 @@ class PrecomputedDataset(Dataset):
                 g = residual_guide(field[None], mask[None], geom, est[None], self.guide_lambda)
             self._guides[i] = g[0]
         return self._guides[i]
+
+
+def _base_init(base: str) -> tuple[str, dict]:
+    """The solver and parameters a base network starts from (from its weights' JSON; for a
+    cascade, its own base's)."""
+    from qsmnet.models.io import resolve_weights
+
+    model = json.loads(resolve_weights(base).with_suffix(".json").read_text())["model"]
+    while isinstance(model.get("base"), dict):
+        model = model["base"]
+    return str(model.get("init")), dict(model.get("init_params") or {})
+
+
+def _check_base(base: str, spec: dict) -> None:
+    """The cached solver estimate must be the one the base network was trained to start from."""
+    own = _base_init(base)
+    if own != (spec["init"], spec["init_params"]):
+        raise ValueError(f"base network {base!r} starts from {own[0]} {own[1]}, but the dataset caches "
+                         f"{spec['init']} {spec['init_params']}: give it the base's init and init_params")
+
+
+def _base_hash(base: str, flips: int) -> str:
+    """Hash of a base network's weights file and flips: new weights give a new folder."""
+    from qsmnet.models.io import resolve_weights
+
+    h = hashlib.sha256(resolve_weights(base).read_bytes())
+    h.update(f"flips={flips}".encode())
+    return h.hexdigest()[:12]
+
+
+def base_answer(net, field: torch.Tensor, mask: torch.Tensor, geom: Geometry, est: torch.Tensor,
+                flips: int) -> torch.Tensor:
+    """A network's whole-volume answer from its cached solver estimate ``est`` (1, 1, X, Y, Z),
+    flip-averaged as inference does (:func:`qsmnet.inference.network.run_network`)."""
+    from .augment import flip_average
+
+    with torch.no_grad():
+        init = _network_init(net, field, mask, geom, est)
+        return flip_average(lambda f, m, g, i: net(f, m, g, init=i) * m, field, mask, geom, init, flips)
+
+
+def _network_init(net, field, mask, geom: Geometry, est: torch.Tensor) -> torch.Tensor:
+    """What ``net`` takes as ``init`` given the solver estimate: the estimate and its residual guide,
+    or for a cascade its own base's answer (recursively) and that answer's guide."""
+    if getattr(net, "base", None) is not None:
+        return net.guide(field, mask, geom, base_answer(net.base, field, mask, geom, est, net.base_flips))
+    if getattr(net, "guide_lambda", None) is None:
+        return est
+    from qsmnet.models.common import residual_guide
+
+    return torch.cat([est, residual_guide(field * mask, mask, geom, est, net.guide_lambda,
+                                          getattr(net, "pad", 0))], dim=1)
 
 
 def worker_main() -> None:

@@ -17,16 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qsmnet.data.augment import GridTransform
+from qsmnet.data.augment import flip_average
 from qsmnet.errors import QSMNetError
 from qsmnet.physics import Geometry
 
 from . import windows as W
 
-#: Grid flips for test-time averaging, in the order ``flips=N`` takes them: the identity, the point
-#: reflection, then single-axis flips and their complements (a varied set for N = 2 and 4).
-FLIPS = tuple(GridTransform((0, 1, 2), tuple(bool(int(c)) for c in code))
-              for code in ("000", "111", "100", "011", "010", "101", "001", "110"))
 #: Flips averaged by default: on the benchmark's brains, 4 gave most of the gain of 8 (~1 % nRMSE)
 #: for a U-Net at 4x the network's (not the initial estimate's) cost.
 DEFAULT_FLIPS = 4
@@ -221,7 +217,8 @@ class NetworkMethod:
         p = W.plan(self.net, g_net.shape, f.device, window, max_memory)
         net = self.net
         extra: dict = {}
-        init = whole_volume_init(self.net, f_net, m_net, g_net)  # once, for refinement and inference
+        # once, for refinement and inference
+        init = whole_volume_init(self.net, f_net, m_net, g_net, None, p, overlap, half)
         if refine and refine > 0:
             from .refine import refine_network
 
@@ -267,13 +264,11 @@ def run_network(
     ``flips`` grid flips of :data:`FLIPS` (1: the input as it is)."""
     if flips not in (1, 2, 4, 8):
         raise QSMNetError(f"flips must be 1, 2, 4 or 8, got {flips}")
-    init = whole_volume_init(net, field, mask, geometry, init)
+    init = whole_volume_init(net, field, mask, geometry, init, p, overlap, half)
     multiple = int(getattr(net, "multiple", 1))
-    total = None
-    for t in FLIPS[:flips]:  # flips are their own inverse
-        g = t.geometry(geometry)
 
-        def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None, g=g) -> torch.Tensor:
+    def run(fl: torch.Tensor, ml: torch.Tensor, g: Geometry, il: torch.Tensor | None) -> torch.Tensor:
+        def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None) -> torch.Tensor:
             # The network builds its dipole operator on the window's shape with this geometry.
             kw = {} if iw is None else {"init": iw}
             if half:
@@ -281,26 +276,33 @@ def run_network(
                     return net(fw, mw, g, **kw).float()
             return net(fw, mw, g, **kw)
 
-        fl, ml, il = (None if x is None else t.apply(x) for x in (field, mask, init))
         with torch.no_grad():
             if p["mode"] == "windows":
-                out = W.sliding_windows(fn, fl, ml, p["roi"], overlap, multiple, extra=il)
-            else:
-                out = fn(fl, ml, il).float() * ml
-        out = t.apply(out)
-        total = out if total is None else total.add_(out)
-    return total / flips
+                return W.sliding_windows(fn, fl, ml, p["roi"], overlap, multiple, extra=il)
+            return fn(fl, ml, il).float() * ml
+
+    return flip_average(run, field, mask, geometry, init, flips)
 
 
 def whole_volume_init(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry,
-                      init: torch.Tensor | None = None) -> torch.Tensor | None:
+                      init: torch.Tensor | None = None, p: dict | None = None,
+                      overlap: float = W.DEFAULT_OVERLAP, half: bool = False) -> torch.Tensor | None:
     """The initial estimate of a network that wants it precomputed (``QSMUNet(init="tv")``), solved
     once on the whole volume and never per window (the dipole field is nonlocal); ``init`` when
-    already given; None for networks that compute their own start inside ``forward``."""
+    already given; None for networks that compute their own start inside ``forward``.
+
+    A cascade (:class:`~qsmnet.models.QSMCascade`) starts from its base network's answer: the base
+    runs like any network (plan ``p``, sliding windows if it says so) averaged over the cascade's
+    ``base_flips`` flips, as its training data were made."""
     if init is not None or not getattr(net, "precomputed_init", False):
         return init
+    base = getattr(net, "base", None)
     with torch.no_grad():
-        return net.initial_estimate(field, mask, geometry)
+        if base is None:
+            return net.initial_estimate(field, mask, geometry)
+        p = p or {"mode": "whole", "roi": None}
+        est = run_network(base, field, mask, geometry, p, overlap, half, flips=net.base_flips)
+        return net.guide(field, mask, geometry, est)
 
 
 def resample_to(field: torch.Tensor, mask: torch.Tensor, geometry: Geometry, voxel_size: Sequence[float]):

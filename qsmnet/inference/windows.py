@@ -20,7 +20,7 @@ from torch import nn
 #: CPU (peak RSS growth, float32) with the shipped configurations at 48^3-160^3 (``python
 #: scripts/benchmark_inference.py --memory``): QSMUNet (16-128 channels) 110-530, LPCNN (4 x 16
 #: features) 400-490; small volumes cost more per voxel. Rounded up; keyed by class name.
-BYTES_PER_VOXEL = {"QSMUNet": 600, "LPCNN": 600, "VarNet": 600, "MoDL": 800}
+BYTES_PER_VOXEL = {"QSMUNet": 600, "QSMCascade": 600, "LPCNN": 600, "VarNet": 600, "MoDL": 800}
 #: Bytes per voxel of classes not listed above.
 DEFAULT_BYTES_PER_VOXEL = 1000
 #: A training step (forward + backward + Adam) costs about this many forward passes of memory.

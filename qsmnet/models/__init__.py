@@ -4,8 +4,9 @@ Imports physics only (never lightning or data). See :mod:`qsmnet.models.common` 
 signature and scaling conventions, :mod:`qsmnet.models.io` for shipped weights.
 """
 
+from .cascade import QSMCascade
 from .common import ResidualCNN, make_operator, tikhonov
 from .unet import QSMUNet
 from .unrolled import LPCNN, MoDL, VarNet
 
-__all__ = ["LPCNN", "MoDL", "QSMUNet", "ResidualCNN", "VarNet", "make_operator", "tikhonov"]
+__all__ = ["LPCNN", "MoDL", "QSMCascade", "QSMUNet", "ResidualCNN", "VarNet", "make_operator", "tikhonov"]

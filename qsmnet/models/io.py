@@ -47,7 +47,17 @@ def build_network(model_cfg) -> nn.Module:
     target = str(cfg.get("_target_", ""))
     if not target.startswith(_TARGET_PREFIX):
         raise ValueError(f"model config _target_ must be a class in {_TARGET_PREFIX}*, got {target!r}")
+    _check_nested_targets(cfg)
     return instantiate(cfg, _convert_="all")
+
+
+def _check_nested_targets(cfg) -> None:
+    """Nested configs (a cascade's ``base``) are instantiated too: hold them to the same rule."""
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg) if isinstance(cfg, list) else ()
+    for k, v in items:
+        if k == "_target_" and not str(v).startswith(_TARGET_PREFIX):
+            raise ValueError(f"model config _target_ must be a class in {_TARGET_PREFIX}*, got {v!r}")
+        _check_nested_targets(v)
 
 
 def save_weights(net: nn.Module, model_cfg, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -74,7 +84,10 @@ def save_weights(net: nn.Module, model_cfg, path: str | os.PathLike, extra: dict
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(st, 0o666 & ~umask)  # safetensors writes 0600; give the usual permissions
-    meta = {"model": _plain(model_cfg), **(extra or {})}
+    model_cfg = _plain(model_cfg)
+    if hasattr(net, "portable_config"):  # e.g. a cascade names its base by config, not by file
+        model_cfg = net.portable_config(model_cfg)
+    meta = {"model": model_cfg, **(extra or {})}
     stem.with_name(stem.name + ".json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return st
 
