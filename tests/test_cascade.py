@@ -174,5 +174,7 @@ def test_a_cascade_can_be_the_base_of_another(tmp_path):
     torch.testing.assert_close(s.init[None, :1], ref, rtol=1e-4, atol=1e-5)
     three = QSMCascade(str(tmp_path / "two"), guide_lambda=0.02, **SMALL).eval()
     assert isinstance(three.base.base, QSMUNet)
+    for k, v in two.head.state_dict().items():  # the new head starts from the last stage's
+        torch.testing.assert_close(three.head.state_dict()[k], v)
     with torch.no_grad():
         assert torch.isfinite(three(s.field[None], s.mask[None], s.geometry)).all()

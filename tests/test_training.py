@@ -28,6 +28,7 @@ TINY_MODEL = {
     "unet": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
     "varnet": ["model.iterations=2", "model.features=4", "model.depth=2"],
     "cascade": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
+    "cascade3": ["model.channels=[4,8,16]", "model.strides=[2,2]", "model.num_res_units=0"],
 }
 
 

@@ -38,8 +38,9 @@ class QSMCascade(nn.Module):
         guide_lambda: Tikhonov weight of the head's residual-guide channel (> 0).
         channels, strides, num_res_units, norm, act, dropout, scale: the head U-Net
             (:class:`QSMUNet`).
-        init_head_from_base: start the head as a copy of the base's weights when their shapes
-            agree (a trained feature extractor; training then adapts it to the better input).
+        init_head_from_base: start the head as a copy of the base's weights (of its head, for a
+            cascade) when their shapes agree (a trained feature extractor; training then adapts it
+            to the better input).
 
     The state dict holds both stages (``base.*``, ``head.*``), so saved weights do not depend on
     the base's file once exported (:meth:`portable_config` stores the base's config, not its name).
@@ -79,7 +80,8 @@ class QSMCascade(nn.Module):
         self.guide_lambda = self.head.guide_lambda
         self.multiple = self.head.multiple
         if init_head_from_base:
-            own, src = self.head.state_dict(), self.base.state_dict()
+            # from the last stage of the base when the base is itself a cascade
+            own, src = self.head.state_dict(), getattr(self.base, "head", self.base).state_dict()
             if own.keys() == src.keys() and all(own[k].shape == src[k].shape for k in own):
                 self.head.load_state_dict(src)
 
