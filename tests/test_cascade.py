@@ -161,7 +161,8 @@ def test_a_cascade_can_be_the_base_of_another(tmp_path):
 
     _, path = _base(tmp_path)
     two = QSMCascade(path, guide_lambda=0.02, base_flips=2, **SMALL).eval()
-    cfg = {"_target_": "qsmnet.models.QSMCascade", "base": path, "guide_lambda": 0.02, "base_flips": 2, **SMALL}
+    cfg = {"_target_": "qsmnet.models.QSMCascade", "base": path, "guide_lambda": 0.02, "base_flips": 2,
+           **SMALL}
     mio.save_weights(two, cfg, tmp_path / "two")
     ds = PrecomputedDataset(tmp_path / "cache", simulation=SIM, init=None, volumes=1, seed=5, workers=1,
                             augment=False, base=str(tmp_path / "two"), base_flips=2, guide_lambda=0.02)
