@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qsmnet.data.augment import flip_average
+from qsmnet.data.augment import FLIPS, flip_average  # noqa: F401 - FLIPS re-exported (the --flips order)
 from qsmnet.errors import QSMNetError
 from qsmnet.physics import Geometry
 
