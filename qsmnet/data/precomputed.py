@@ -260,13 +260,15 @@ class PrecomputedDataset(Dataset):
 
 
 def _base_init(base: str) -> tuple[str, dict]:
-    """The solver and parameters a base network starts from (from its weights' JSON; for a
-    cascade, its own base's)."""
-    from qsmnet.models.io import resolve_weights
+    """The solver and parameters a base network starts from (from its saved config: weights JSON or
+    checkpoint; for a cascade, its own base's, however that is given)."""
+    from qsmnet.models.io import load_network
 
-    model = json.loads(resolve_weights(base).with_suffix(".json").read_text())["model"]
+    model = load_network(base)[1]["model"]
     while isinstance(model.get("base"), dict):
         model = model["base"]
+    if isinstance(model.get("base"), str):
+        return _base_init(model["base"])
     return str(model.get("init")), dict(model.get("init_params") or {})
 
 
