@@ -301,16 +301,11 @@ def base_answer(net, field: torch.Tensor, mask: torch.Tensor, geom: Geometry, es
 
 
 def _network_init(net, field, mask, geom: Geometry, est: torch.Tensor) -> torch.Tensor:
-    """What ``net`` takes as ``init`` given the solver estimate: the estimate and its residual guide,
-    or for a cascade its own base's answer (recursively) and that answer's guide."""
+    """What ``net`` takes as ``init`` given the solver estimate (its ``guide`` of it; for a cascade,
+    of its own base's answer, recursively)."""
     if getattr(net, "base", None) is not None:
-        return net.guide(field, mask, geom, base_answer(net.base, field, mask, geom, est, net.base_flips))
-    if getattr(net, "guide_lambda", None) is None:
-        return est
-    from qsmnet.models.common import residual_guide
-
-    return torch.cat([est, residual_guide(field * mask, mask, geom, est, net.guide_lambda,
-                                          getattr(net, "pad", 0))], dim=1)
+        est = base_answer(net.base, field, mask, geom, est, net.base_flips)
+    return net.guide(field, mask, geom, est) if hasattr(net, "guide") else est
 
 
 def worker_main() -> None:

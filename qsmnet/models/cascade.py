@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import residual_guide
 from .unet import QSMUNet
 
 
@@ -77,7 +76,6 @@ class QSMCascade(nn.Module):
         self.base_flips = int(base_flips)
         self.head = QSMUNet(channels=channels, strides=strides, num_res_units=num_res_units, norm=norm,
                             act=act, dropout=dropout, scale=scale, guide_lambda=guide_lambda)
-        self.guide_lambda = self.head.guide_lambda
         self.multiple = self.head.multiple
         if init_head_from_base:
             # from the last stage of the base when the base is itself a cascade
@@ -100,10 +98,7 @@ class QSMCascade(nn.Module):
 
     def guide(self, field: torch.Tensor, mask: torch.Tensor, geometry, est: torch.Tensor) -> torch.Tensor:
         """The head's ``init`` from the base's answer ``est``: (B, :attr:`init_channels`, X, Y, Z)."""
-        est = est * mask
-        with torch.no_grad():
-            g = residual_guide(field * mask, mask, geometry, est, self.guide_lambda)
-        return torch.cat([est, g], dim=1)
+        return self.head.guide(field, mask, geometry, est * mask)
 
     def initial_estimate(self, field: torch.Tensor, mask: torch.Tensor, geometry) -> torch.Tensor:
         """The base's answer (one pass on the whole input, no flips) and its residual guide.

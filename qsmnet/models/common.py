@@ -144,11 +144,17 @@ class InitialEstimate:
                 geoms = as_geometries(geometry, field)
                 est = SOLVERS[self.init](f.float(), mask.float(), geoms, **self.init_params)
             est = est.to(field.dtype) * mask
+        return self.guide(field, mask, geometry, est, op=op)
+
+    def guide(self, field: torch.Tensor, mask: torch.Tensor, geometry, est: torch.Tensor,
+              op: DipoleOperator | None = None) -> torch.Tensor:
+        """The ``init`` tensor from an estimate ``est`` (B, 1, X, Y, Z) ppm: ``est`` itself, or with
+        ``guide_lambda`` set, ``est`` and its :func:`residual_guide` (B, 2, X, Y, Z)."""
         if self.guide_lambda is None:
             return est
         with torch.no_grad():
-            guide = residual_guide(f, mask, geometry, est, self.guide_lambda, self.pad, op=op)
-        return torch.cat([est, guide], dim=1)
+            g = residual_guide(field * mask, mask, geometry, est, self.guide_lambda, self.pad, op=op)
+        return torch.cat([est, g], dim=1)
 
 
 class ResidualCNN(nn.Module):
