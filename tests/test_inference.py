@@ -287,3 +287,30 @@ def test_flip_averaging_carries_the_geometry_along():
     assert not torch.allclose(one, four)
     with pytest.raises(QSMNetError, match="flips"):
         method(f, m, g, flips=3)
+
+
+def test_inference_modules_import_no_cycle():
+    """``inference/network.py`` and ``inference/refine.py`` once imported each other (lazily)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "qsmnet" / "inference"
+    graph = {}
+    for p in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qsmnet.inference."):
+                deps.add(node.module.split(".")[2])
+        graph[p.stem] = deps - {p.stem}
+
+    def reach(a, seen):
+        for b in graph.get(a, ()):
+            if b not in seen:
+                seen.add(b)
+                reach(b, seen)
+        return seen
+
+    cycles = sorted(a for a in graph if a != "__init__" and a in reach(a, set()))
+    assert not cycles, cycles

@@ -18,8 +18,11 @@ from qsmnet.physics import (
     Geometry,
     affine_rotation,
     b0_dir_from_affine,
+    check_b0,
+    check_te,
     dipole_kernel,
     forward_field,
+    geometry_list,
     hz_to_ppm,
     is_oblique,
     ppm_to_hz,
@@ -259,14 +262,61 @@ def test_units_known_values_and_round_trips():
     torch.testing.assert_close(to_ppm(t * 127.732434, "HZ", b0=3.0), t)
     np.testing.assert_allclose(to_ppm(ppm_to_rad(x, 0.02, 3.0), "rad", b0=3.0, te=0.02), x, atol=1e-15)
     assert to_ppm(x, "ppm") is x
-    with pytest.raises(ValueError, match="--b0"):
+    with pytest.raises(ValueError, match="need b0") as e:  # API words, no CLI flags (the CLI adds those)
         to_ppm(x, "hz")
-    with pytest.raises(ValueError, match="--te"):
+    assert "--" not in str(e.value)
+    with pytest.raises(ValueError, match="te"):
         to_ppm(x, "rad", b0=3.0)
     with pytest.raises(ValueError, match="unknown units"):
         to_ppm(x, "tesla")
     with pytest.raises(ValueError):
         hz_to_ppm(1.0, b0=0.0)
+
+
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"te": 20.0, "b0": 3.0}, "milliseconds"),  # TE in ms instead of s: chi would be 1000x too small
+        ({"te": 0.02, "b0": 3000.0}, "mT"),
+        ({"te": 0.02, "b0": 127.7e6}, "Hz"),
+    ],
+)
+def test_implausible_te_and_b0_are_refused_with_the_expected_unit(kw, expected):
+    with pytest.raises(ValueError, match=expected) as e:
+        rad_to_ppm(1.0, **kw)
+    assert "expected" in str(e.value) and "\n" not in str(e.value)
+    assert check_te(0.0045) == 0.0045 and check_b0(0.55) == 0.55 and check_b0(11.7) == 11.7
+
+
+def test_operators_do_not_share_mutable_kernels():
+    g = Geometry((9, 10, 11), (1.0, 1.2, 0.9), (0.1, 0.2, 1.0))
+    a, b = DipoleOperator(g), DipoleOperator(g)
+    before = b.kernel.clone()
+    a.kernel.mul_(0.0)
+    torch.testing.assert_close(b.kernel, before)
+    torch.testing.assert_close(DipoleOperator(g).kernel, before)
+
+
+def test_one_residual_definition():
+    g = Geometry((9, 10, 11), (1.0, 1.0, 1.0), (0.0, 0.3, 1.0))
+    gen = torch.Generator().manual_seed(0)
+    chi, field = torch.randn(9, 10, 11, generator=gen), torch.randn(9, 10, 11, generator=gen)
+    mask = torch.rand(9, 10, 11, generator=gen) > 0.4
+    op = DipoleOperator(g, pad=True)
+    fm = field * mask
+    ref = np.linalg.norm(((op.A(chi) - field) * mask).numpy()) / np.linalg.norm(fm.numpy())
+    assert float(op.residual(chi, field, mask)[0]) == pytest.approx(ref, rel=1e-5)
+    assert float(op.residual(chi, field, mask.float() * 7)[0]) == pytest.approx(ref, rel=1e-5)  # binarised
+
+
+def test_geometry_list_broadcasts_checks_and_reshapes():
+    g = Geometry((9, 9, 9))
+    assert geometry_list(g, 3) == (g, g, g)
+    assert geometry_list([g, g], 2, (5, 5, 5))[1].shape == (5, 5, 5)
+    with pytest.raises(ValueError, match="2 geometries for a batch of 3"):
+        geometry_list([g, g], 3)
+    with pytest.raises(ValueError, match="Geometry"):
+        geometry_list([])
 
 
 # --- geometry -----------------------------------------------------------------------------------

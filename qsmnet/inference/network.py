@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qsmnet.data.augment import FLIPS, flip_average  # noqa: F401 - FLIPS re-exported (the --flips order)
+from qsmnet.data.augment import FLIPS  # noqa: F401 - re-exported (the --flips order)
 from qsmnet.errors import QSMNetError
-from qsmnet.physics import Geometry
+from qsmnet.physics import Geometry, geometry_list
 
 from . import windows as W
+from .refine import refine_network
+from .runner import run_network, whole_volume_init  # noqa: F401 - re-exported
 
 #: Flips averaged by default: on the benchmark's brains, 4 gave most of the gain of 8 (~1 % nRMSE)
 #: for a U-Net at 4x the network's (not the initial estimate's) cost.
@@ -197,7 +199,7 @@ class NetworkMethod:
         f = f[None, None] if squeeze else f
         m = torch.as_tensor(mask, device=f.device)
         m = (m[None, None] if m.dim() == 3 else m).ne(0).to(torch.float32)
-        geoms = [geometry] if isinstance(geometry, Geometry) else list(geometry)
+        geoms = geometry_list(geometry)
         if len(geoms) != 1:
             chis = [self(f[b : b + 1], m[b : b + 1], geoms[min(b, len(geoms) - 1)], window=window,
                          overlap=overlap, max_memory=max_memory, half=half, refine=refine,
@@ -220,8 +222,6 @@ class NetworkMethod:
         # once, for refinement and inference
         init = whole_volume_init(self.net, f_net, m_net, g_net, None, p, overlap, half)
         if refine and refine > 0:
-            from .refine import refine_network
-
             net, extra = refine_network(self.net, f_net, m_net, g_net, steps=int(refine), lr=refine_lr,
                                         window=window, max_memory=max_memory, overlap=overlap,
                                         init=init)  # fmt: skip
@@ -244,65 +244,6 @@ class NetworkMethod:
             info.update(extra)
         chi = chi * m
         return chi[0, 0] if squeeze else chi
-
-
-def run_network(
-    net: nn.Module,
-    field: torch.Tensor,
-    mask: torch.Tensor,
-    geometry: Geometry,
-    p: dict,
-    overlap: float = W.DEFAULT_OVERLAP,
-    half: bool = False,
-    init: torch.Tensor | None = None,
-    flips: int = 1,
-) -> torch.Tensor:
-    """Forward pass (no grad) of ``net`` on (1, 1, X, Y, Z) ``field``/``mask`` following plan ``p``.
-
-    ``init``: the network's initial estimate if already computed (else computed here when the
-    network wants it precomputed on the whole volume). ``flips``: average the answers on the first
-    ``flips`` grid flips of :data:`FLIPS` (1: the input as it is)."""
-    if flips not in (1, 2, 4, 8):
-        raise QSMNetError(f"flips must be 1, 2, 4 or 8, got {flips}")
-    init = whole_volume_init(net, field, mask, geometry, init, p, overlap, half)
-    multiple = int(getattr(net, "multiple", 1))
-
-    def run(fl: torch.Tensor, ml: torch.Tensor, g: Geometry, il: torch.Tensor | None) -> torch.Tensor:
-        def fn(fw: torch.Tensor, mw: torch.Tensor, iw: torch.Tensor | None = None) -> torch.Tensor:
-            # The network builds its dipole operator on the window's shape with this geometry.
-            kw = {} if iw is None else {"init": iw}
-            if half:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    return net(fw, mw, g, **kw).float()
-            return net(fw, mw, g, **kw)
-
-        with torch.no_grad():
-            if p["mode"] == "windows":
-                return W.sliding_windows(fn, fl, ml, p["roi"], overlap, multiple, extra=il)
-            return fn(fl, ml, il).float() * ml
-
-    return flip_average(run, field, mask, geometry, init, flips)
-
-
-def whole_volume_init(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry,
-                      init: torch.Tensor | None = None, p: dict | None = None,
-                      overlap: float = W.DEFAULT_OVERLAP, half: bool = False) -> torch.Tensor | None:
-    """The initial estimate of a network that wants it precomputed (``QSMUNet(init="tv")``), solved
-    once on the whole volume and never per window (the dipole field is nonlocal); ``init`` when
-    already given; None for networks that compute their own start inside ``forward``.
-
-    A cascade (:class:`~qsmnet.models.QSMCascade`) starts from its base network's answer: the base
-    runs like any network (plan ``p``, sliding windows if it says so) averaged over the cascade's
-    ``base_flips`` flips, as its training data were made."""
-    if init is not None or not getattr(net, "precomputed_init", False):
-        return init
-    base = getattr(net, "base", None)
-    with torch.no_grad():
-        if base is None:
-            return net.initial_estimate(field, mask, geometry)
-        p = p or {"mode": "whole", "roi": None}
-        est = run_network(base, field, mask, geometry, p, overlap, half, flips=net.base_flips)
-        return net.guide(field, mask, geometry, est)
 
 
 def resample_to(field: torch.Tensor, mask: torch.Tensor, geometry: Geometry, voxel_size: Sequence[float]):

@@ -154,9 +154,9 @@ def data_residual(chi, field, mask, geometry):
 
     with torch.no_grad():
         op = DipoleOperator(geometry, pad=True).to(chi.device)
-        m = mask.to(torch.float32)
-        r = m * (op.A(chi.to(torch.float32)) - field)
-        rel = float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(m * field).clamp_min(1e-20))
+        chi = chi.to(torch.float32)
+        rel = float(op.residual(chi, field, mask)[0])
+        r = mask.ne(0).to(torch.float32) * (op.A(chi) - field)
     return rel, r
 
 

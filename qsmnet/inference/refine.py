@@ -17,6 +17,7 @@ from torch import nn
 from qsmnet.physics import DipoleOperator, Geometry
 
 from . import windows as W
+from .runner import run_network, whole_volume_init
 
 
 def dc_loss(chi: torch.Tensor, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -25,8 +26,7 @@ def dc_loss(chi: torch.Tensor, field: torch.Tensor, mask: torch.Tensor, geometry
     chi, field, mask: (B, 1, X, Y, Z) (ppm, ppm, 0/1); ``geometry`` describes their grid.
     """
     op = DipoleOperator(geometry.with_(shape=tuple(chi.shape[-3:]))).to(chi.device)
-    r = mask * (op.A(chi) - field)
-    return (r * r).sum() / (mask * field * field).sum().clamp_min(1e-20)
+    return (op.residual(chi, field, mask) ** 2).mean()
 
 
 def refine_network(
@@ -60,8 +60,6 @@ def refine_network(
         "residual_after"}})``, residuals ``||M (A chi - f)|| / ||M f||`` of the whole volume.
     """
     p_inf = W.plan(net, geometry.shape, field.device, window, max_memory)
-    from .network import whole_volume_init
-
     init = whole_volume_init(net, field, mask, geometry, init)  # whole volume once, then windowed
     before = residual_of(net, field, mask, geometry, p_inf, overlap, init)
     p = W.plan(net, geometry.shape, field.device, window, max_memory, train=True)
@@ -102,8 +100,6 @@ def refine_network(
 
 def residual_of(net, field, mask, geometry, p, overlap, init=None) -> float:
     """Relative residual ``||M (A net(f) - f)|| / ||M f||`` of ``net``'s whole-volume output."""
-    from .network import run_network
-
     chi = run_network(net, field, mask, geometry, p, overlap, init=init)
     with torch.no_grad():
         return float(dc_loss(chi, field, mask, geometry).sqrt())

@@ -21,23 +21,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from qsmnet.physics import DipoleOperator, Geometry
+from qsmnet.physics import DipoleOperator, Geometry, geometry_list
 
 
 def as_geometries(geometry: Geometry | Sequence[Geometry], field: torch.Tensor) -> list[Geometry]:
     """One Geometry per batch sample, with the shape checked against ``field`` (B, 1, X, Y, Z)."""
     if field.dim() != 5 or field.shape[1] != 1:
         raise ValueError(f"field must be (B, 1, X, Y, Z), got {tuple(field.shape)}")
-    b = field.shape[0]
-    geoms = [geometry] if isinstance(geometry, Geometry) else list(geometry)
-    if len(geoms) == 1 and b > 1:
-        geoms = geoms * b
-    if len(geoms) != b:
-        raise ValueError(f"{len(geoms)} geometries for a batch of {b}")
-    shape = tuple(field.shape[-3:])
     # The network sees the tensor it is given (a patch may be cut from a larger volume): only
     # voxel size and B0 direction matter, so take the shape from the tensor.
-    return [g if g.shape == shape else g.with_(shape=shape) for g in geoms]
+    return list(geometry_list(geometry, field.shape[0], field.shape[-3:]))
 
 
 def make_operator(geometry, field: torch.Tensor, pad=0) -> DipoleOperator:

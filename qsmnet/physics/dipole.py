@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import Geometry, normalise
+from .geometry import Geometry, geometry_list, normalise
 
 _SPATIAL = (-3, -2, -1)
 
@@ -128,9 +128,7 @@ class DipoleOperator(nn.Module):
 
     def __init__(self, geometry: Geometry | Sequence[Geometry], pad=0, dtype: torch.dtype = torch.float32):
         super().__init__()
-        geoms = [geometry] if isinstance(geometry, Geometry) else list(geometry)
-        if not geoms:
-            raise ValueError("DipoleOperator needs at least one geometry")
+        geoms = geometry_list(geometry)
         shape = geoms[0].shape
         if any(g.shape != shape for g in geoms):
             raise ValueError("all geometries of one DipoleOperator must share a shape")
@@ -141,7 +139,8 @@ class DipoleOperator(nn.Module):
             _kernel_cached(self.padded_shape, g.voxel_size, g.b0_dir, True, dtype, torch.device("cpu"))
             for g in geoms
         ]
-        kernel = ks[0][None, None] if len(ks) == 1 else torch.stack(ks)[:, None]
+        # Own copy: the cached kernel is shared, and an operator's kernel must not change another's.
+        kernel = ks[0][None, None].clone() if len(ks) == 1 else torch.stack(ks)[:, None]
         self.register_buffer("kernel", kernel, persistent=False)
 
     @property
@@ -196,6 +195,25 @@ class DipoleOperator(nn.Module):
 
     def forward(self, chi: torch.Tensor) -> torch.Tensor:
         return self.A(chi)
+
+    def residual(self, chi: torch.Tensor, field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The relative data-consistency residual ``||M (A chi - f)|| / ||M f||`` of each sample.
+
+        The one definition used for sidecars, solver reports, comparisons and test-time refinement
+        (differentiable; square it for a loss).
+
+        Args:
+            chi, field: (X, Y, Z) or (B, 1, X, Y, Z) susceptibility and local field (ppm).
+            mask: broadcastable to ``field``; non-zero inside (binarised here).
+
+        Returns:
+            (B,) unitless ratios ((1,) for (X, Y, Z) inputs), on the inputs' device.
+        """
+        if field.dim() == 3:
+            chi, field = chi[None, None], field[None, None]
+        m = (mask[None, None] if mask.dim() == 3 else mask).ne(0).to(field.dtype)
+        r = (m * (self.A(chi) - field)).flatten(1).norm(dim=1)
+        return r / (m * field).flatten(1).norm(dim=1).clamp_min(1e-20)
 
 
 def forward_field(chi, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), pad=True, dtype=torch.float32):

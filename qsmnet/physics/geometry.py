@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,34 @@ class Geometry:
     def with_(self, **changes) -> Geometry:
         """A copy with some fields replaced (e.g. ``g.with_(shape=(64, 64, 64))``)."""
         return Geometry(**{**self.__dict__, **changes})
+
+
+def geometry_list(
+    geometry: Geometry | Sequence[Geometry], batch: int | None = None, shape: Sequence[int] | None = None
+) -> tuple[Geometry, ...]:
+    """One :class:`Geometry` per sample: the one place a geometry or a list of them is unpacked.
+
+    Args:
+        geometry: one geometry (for every sample) or one per sample.
+        batch: the number of samples; a single geometry is repeated to it (None: as given).
+        shape: if given, each geometry's grid is set to it (a patch cut from a larger volume keeps
+            its voxel size and B0 direction).
+
+    Raises:
+        ValueError: no geometry, or a count that is neither 1 nor ``batch``.
+    """
+    geoms = (geometry,) if isinstance(geometry, Geometry) else tuple(geometry)
+    if not geoms or not all(isinstance(g, Geometry) for g in geoms):
+        raise ValueError(f"expected a Geometry or a sequence of them, got {geometry!r}")
+    if batch is not None:
+        if len(geoms) == 1:
+            geoms = geoms * batch
+        elif len(geoms) != batch:
+            raise ValueError(f"{len(geoms)} geometries for a batch of {batch}")
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        geoms = tuple(g if g.shape == shape else g.with_(shape=shape) for g in geoms)
+    return geoms
 
 
 def is_oblique(affine, tol_deg: float = OBLIQUE_TOL_DEG) -> bool:

@@ -19,31 +19,68 @@ import math
 GAMMA_HZ_PER_T = 42.577478e6
 
 
-def _check(name: str, value: float) -> float:
+#: Plausible field strengths (T): 0.01 T (ultra-low field) to 30 T. A value above is refused with
+#: a hint: 1000-30000 reads as mT, above 1e6 as a Larmor frequency in Hz.
+B0_RANGE_T = (0.01, 30.0)
+#: Plausible echo times (s): gradient-echo TEs are 1-100 ms; 1 s or more reads as milliseconds.
+TE_RANGE_S = (1e-5, 1.0)
+
+
+def _positive(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value}")
+        raise ValueError(f"{name} must be a positive number, got {value:g}")
     return value
+
+
+def check_b0(b0: float) -> float:
+    """``b0`` as a float after checking it is a field strength in tesla.
+
+    Raises:
+        ValueError: not positive, or outside :data:`B0_RANGE_T` (e.g. 3000, mT, or 127.7e6, Hz).
+    """
+    b0 = _positive("b0", b0)
+    lo, hi = B0_RANGE_T
+    if not lo <= b0 <= hi:
+        guess = "Hz (a Larmor frequency)" if b0 > 1e6 else "mT" if b0 > hi else "a fraction of a tesla"
+        raise ValueError(f"b0 = {b0:g} is not a field strength in tesla (expected {lo:g}-{hi:g} T, "
+                         f"e.g. 3); it looks like {guess}")  # fmt: skip
+    return b0
+
+
+def check_te(te: float) -> float:
+    """``te`` as a float after checking it is an echo time in seconds.
+
+    Raises:
+        ValueError: not positive, or outside :data:`TE_RANGE_S` (e.g. 20, which is milliseconds).
+    """
+    te = _positive("te", te)
+    lo, hi = TE_RANGE_S
+    if not lo <= te < hi:
+        guess = "milliseconds" if te >= hi else "microseconds or less"
+        raise ValueError(f"te = {te:g} is not an echo time in seconds (expected below {hi:g} s, "
+                         f"e.g. 0.02 for 20 ms); it looks like {guess}")  # fmt: skip
+    return te
 
 
 def hz_to_ppm(hz, b0: float):
     """Frequency offset (Hz) to field shift (ppm) at field strength ``b0`` (T)."""
-    return hz / (GAMMA_HZ_PER_T * 1e-6 * _check("B0 (T)", b0))
+    return hz / (GAMMA_HZ_PER_T * 1e-6 * check_b0(b0))
 
 
 def ppm_to_hz(ppm, b0: float):
     """Field shift (ppm) to frequency offset (Hz) at field strength ``b0`` (T)."""
-    return ppm * (GAMMA_HZ_PER_T * 1e-6 * _check("B0 (T)", b0))
+    return ppm * (GAMMA_HZ_PER_T * 1e-6 * check_b0(b0))
 
 
 def rad_to_ppm(rad, te: float, b0: float):
     """Unwrapped phase (rad) accrued at echo time ``te`` (s) to field shift (ppm) at ``b0`` (T)."""
-    return rad / (2 * math.pi * GAMMA_HZ_PER_T * _check("B0 (T)", b0) * _check("TE (s)", te)) * 1e6
+    return rad / (2 * math.pi * GAMMA_HZ_PER_T * check_b0(b0) * check_te(te)) * 1e6
 
 
 def ppm_to_rad(ppm, te: float, b0: float):
     """Field shift (ppm) to phase (rad) accrued at echo time ``te`` (s) at ``b0`` (T)."""
-    return ppm * 1e-6 * 2 * math.pi * GAMMA_HZ_PER_T * _check("B0 (T)", b0) * _check("TE (s)", te)
+    return ppm * 1e-6 * 2 * math.pi * GAMMA_HZ_PER_T * check_b0(b0) * check_te(te)
 
 
 def to_ppm(values, units: str, *, b0: float | None = None, te: float | None = None):
@@ -57,10 +94,10 @@ def to_ppm(values, units: str, *, b0: float | None = None, te: float | None = No
         return values
     if units == "hz":
         if b0 is None:
-            raise ValueError("--units hz needs the field strength: pass --b0 (T)")
+            raise ValueError("units 'hz' need b0, the field strength in tesla")
         return hz_to_ppm(values, b0)
     if units == "rad":
         if b0 is None or te is None:
-            raise ValueError("--units rad needs the field strength and echo time: pass --b0 (T) and --te (s)")
+            raise ValueError("units 'rad' need b0 (field strength, T) and te (echo time, s)")
         return rad_to_ppm(values, te, b0)
     raise ValueError(f"unknown units {units!r}: choose ppm, hz or rad")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qsmnet.physics import DipoleOperator, Geometry
+from qsmnet.physics import DipoleOperator, Geometry, geometry_list
 from qsmnet.physics.linalg import gradient_kernel
 
 
@@ -83,7 +83,7 @@ def prepare(field, mask, geometry: Geometry | Sequence[Geometry]) -> Problem:
         except RuntimeError:
             msg = f"mask shape {tuple(m.shape)} does not match field shape {tuple(f.shape)}"
             raise ValueError(msg) from None
-    geoms = (geometry,) if isinstance(geometry, Geometry) else tuple(geometry)
+    geoms = geometry_list(geometry)
     if len(geoms) not in (1, f.shape[0]):
         raise ValueError(f"{len(geoms)} geometries for a batch of {f.shape[0]}")
     if any(g.shape != tuple(f.shape[-3:]) for g in geoms):
@@ -96,14 +96,9 @@ def prepare(field, mask, geometry: Geometry | Sequence[Geometry]) -> Problem:
     return Problem((f * m).contiguous(), m.contiguous(), op, geoms, squeeze)
 
 
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).norm(dim=1)
-
-
 def relative_residual(p: Problem, chi: torch.Tensor) -> float:
-    """``max_b ||M (A chi - f)|| / ||M f||`` (one FFT pair)."""
-    r = _norms(p.mask * (p.op.A(chi) - p.field))
-    return float((r / _norms(p.field).clamp_min(1e-30)).max())
+    """``max_b ||M (A chi - f)|| / ||M f||`` (:meth:`DipoleOperator.residual`, one FFT pair)."""
+    return float(p.op.residual(chi, p.field, p.mask).max())
 
 
 def finish(p: Problem, chi: torch.Tensor, info: dict | None, iterations: int, **extra) -> torch.Tensor:
