@@ -48,7 +48,9 @@ def test_predict_writes_chi_on_input_grid_and_sidecar(case, capsys):
     chi = img.get_fdata()
     assert chi.shape == (N, N, N) and np.all(chi[~mask] == 0) and np.abs(chi[mask]).max() > 0.01
     side = json.loads((tmp / "chi.json").read_text())
-    assert side["method"] == "tv" and side["parameters"] == {"lam": 1e-4, "iterations": 20}
+    assert side["method"] == "tv" and side["parameters"] == {"lam": 1e-4, "iterations": 20, "tol": 1e-3,
+                                                             "weight": "mask"}  # the parameters used
+    assert side["lambda"] == 1e-4 and side["lambda_method"] == "given"
     assert side["iterations"] <= 20 and 0 <= side["residual"] < 1 and side["seconds"] >= 0
     assert side["device"] == "cpu" and side["b0_dir_source"] == "affine" and side["units_in"] == "ppm"
 
@@ -402,3 +404,120 @@ def test_shipped_networks_run_and_default_only_when_ready(case):
         assert np.all(nib.load(out).get_fdata()[~mask] == 0)
     ready = [n for n in available() if default_ready(n)]
     assert (default_method(quiet=True) in ready) if ready else default_method(quiet=True) == "tv"
+
+
+# --- rough edges a new user hits (issue 18) ---------------------------------------------------------
+
+
+def _rad_field(case):
+    from qsmnet.physics import ppm_to_rad
+
+    paths, aff, _, tmp = case
+    rad = ppm_to_rad(nib.load(paths["field"]).get_fdata(), te=0.02, b0=3.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(rad, aff), tmp / "rad.nii.gz")
+    return tmp / "rad.nii.gz"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--te", "20", "--b0", "3"], "--te: te = 20 is not an echo time in seconds"),  # ms, not s
+        (["--te", "0.02", "--b0", "3000"], "--b0: b0 = 3000 is not a field strength in tesla"),  # mT
+        (["--te", "0.02", "--b0", "127.7e6"], "looks like Hz"),
+        (["--te", "0.02"], "--units rad needs --b0"),
+    ],
+)
+def test_wrong_te_or_b0_units_are_refused_in_one_line(case, capsys, flags, expected):
+    paths, _, _, tmp = case
+    out = tmp / "x.nii.gz"
+    assert predict(_rad_field(case), paths["mask"], out, "--method", "tkd", "--units", "rad", *flags) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_b0_and_te_ignored_for_ppm_input_warn(case, capsys):
+    paths, _, _, tmp = case
+    a = tmp / "a.nii.gz"
+    assert predict(paths["field"], paths["mask"], a, "--method", "tkd", "--b0", 3, "--te", 0.02) == 0
+    err = capsys.readouterr().err
+    assert "warning: b0 and te are not used for a field in ppm" in err
+    b = tmp / "b.nii.gz"
+    hz = ["--units", "hz", "--b0", 3, "--te", 0.02]
+    assert predict(paths["hz"], paths["mask"], b, "--method", "tkd", *hz) == 0
+    err = capsys.readouterr().err
+    assert "te is not used for a field in hz" in err and "b0 and" not in err
+    assert "ignored" in " ".join(sidecar(tmp / "b.nii.gz")["warnings"])
+
+
+def test_sidecar_records_what_was_run(case):
+    from qsmnet import __version__
+
+    paths, _, _, tmp = case
+    rad, out = _rad_field(case), tmp / "chi.nii.gz"
+    flags = ["--units", "rad", "--te", 0.02, "--b0", 3, "--device", "cpu"]
+    assert predict(rad, paths["mask"], out, "--method", "tv", "--iterations", 5, *flags) == 0
+    side = sidecar(out)
+    assert side["qsmnet_version"] == __version__ and side["created_utc"]
+    assert side["method"] == "tv" and side["kind"] == "solver"
+    assert side["MagneticFieldStrength"] == 3 and side["EchoTime"] == 0.02 and side["units_in"] == "rad"
+    assert side["parameters"]["iterations"] == 5 and side["iterations"] <= 5
+    assert isinstance(side["lambda"], float) and side["lambda"] > 0 and side["lambda_method"] != "given"
+    assert side["parameters"]["lam"] == side["lambda"]  # the λ chosen by 'auto', not the word
+    import hashlib
+
+    for role, p in (("field", rad), ("mask", paths["mask"])):
+        assert side["inputs"][role]["path"] == str(p.resolve())
+        assert side["inputs"][role]["sha256"] == "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    assert side["device"] == "cpu" and side["seconds"] >= 0
+
+
+def test_network_sidecar_has_the_weights_hash(case, net_path):
+    import hashlib
+
+    paths, _, _, tmp = case
+    out = tmp / "n.nii.gz"
+    assert predict(paths["field"], paths["mask"], out, "--checkpoint", net_path, "--device", "cpu") == 0
+    side = sidecar(out)
+    assert side["kind"] == "network" and not side["experimental"]
+    assert side["model"]["weights_sha256"] == "sha256:" + hashlib.sha256(net_path.read_bytes()).hexdigest()
+    assert side["parameters"]["flips"] == 4 and side["parameters"]["window"] == "auto"
+
+
+@pytest.mark.skipif("unet" not in __import__("qsmnet.models.io").models.io.available(), reason="no unet")
+def test_experimental_network_warns(case, capsys):
+    paths, _, _, tmp = case
+    out = tmp / "u.nii.gz"
+    assert predict(paths["field"], paths["mask"], out, "--method", "unet", "--flips", "1") == 0
+    assert "warning: network 'unet' is experimental" in capsys.readouterr().err
+    assert sidecar(out)["experimental"] is True
+    assert predict(paths["field"], paths["mask"], tmp / "t.nii.gz", "--method", "tkd") == 0
+    assert "experimental" not in capsys.readouterr().err
+
+
+def test_methods_lists_every_method_with_defaults(capsys):
+    from qsmnet.inference.methods import method_names
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in method_names():
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert "threshold=0.25" in out and "solver" in out
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(method_names())
+    assert all(r["kind"] in ("solver", "network") and r["description"] for r in rows)
+
+
+def test_notes_go_through_logging_and_verbose_adds_debug(case, capsys):
+    import logging
+
+    paths, _, _, tmp = case
+    args = [str(paths["field"]), "--mask", str(paths["mask"]), "-o", str(tmp / "v.nii.gz"), "--method", "tkd"]
+    assert main(["-v", "predict", *args]) == 0
+    logging.getLogger("qsmnet.test").debug("a debug line")
+    err = capsys.readouterr().err
+    assert "qsmnet: debug: a debug line" in err and err.count("a debug line") == 1
+    main(["methods"])
+    logging.getLogger("qsmnet.test").debug("hidden")
+    assert "hidden" not in capsys.readouterr().err

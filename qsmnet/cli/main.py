@@ -21,7 +21,7 @@ import sys
 from qsmnet import __version__
 
 #: Subcommands in the order ``--help`` lists them; a module that does not exist yet is skipped.
-SUBCOMMANDS = ("info", "predict", "simulate", "compare", "demo")
+SUBCOMMANDS = ("info", "predict", "methods", "simulate", "compare", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantitative Susceptibility Mapping: networks and classical solvers.",
     )
     parser.add_argument("--version", action="version", version=f"qsmnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="also print debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
         try:
@@ -51,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from qsmnet.errors import QSMNetError
+    from qsmnet.logs import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(args.verbose)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

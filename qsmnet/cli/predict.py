@@ -137,9 +137,33 @@ def _params(args) -> dict:
     return {k: v for k, v in pairs if v is not None}
 
 
+def check_units(args) -> None:
+    """The field-strength and echo-time options, checked with the CLI's flag names.
+
+    Raises:
+        QSMNetError: a missing ``--b0``/``--te`` for the units, or one in the wrong unit
+            (TE in ms, B0 in mT or Hz), in one line that names the flag and the unit expected.
+    """
+    from qsmnet.errors import QSMNetError
+    from qsmnet.physics import check_b0, check_te
+
+    for flag, value, check in (("--b0", args.b0, check_b0), ("--te", args.te, check_te)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as e:
+                raise QSMNetError(f"{flag}: {e}") from None
+    need = {"hz": ("--b0",), "rad": ("--b0", "--te")}.get(args.units, ())
+    missing = [f for f in need if getattr(args, f[2:]) is None]
+    if missing:
+        raise QSMNetError(f"--units {args.units} needs {' and '.join(missing)} "
+                          "(field strength in T, echo time in s)")  # fmt: skip
+
+
 def run(args) -> int:
     from qsmnet.errors import QSMNetError
 
+    check_units(args)
     if args.method and args.checkpoint:
         raise QSMNetError("give --method or --checkpoint, not both")
     if args.refine is not None and args.refine < 0:

@@ -12,6 +12,7 @@ field's entities (``part-`` dropped), else the only ``*_mask.nii*`` there. Resul
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -132,16 +133,16 @@ def predict_many(
     """
     from tqdm import tqdm
 
-    from .methods import default_method, get_method
+    from .methods import default_method, load_method
     from .pipeline import predict_file, resolve_device
 
     report = report or (lambda line: print(line, file=sys.stderr))
     name = default_method() if method is None or method == "default" else method
-    fn = get_method(name)
+    fn = load_method(name)
     kwargs["device"] = resolve_device(kwargs.get("device", "auto"))
     params = dict(kwargs.pop("params", None) or {})
     if params.get("half") and kwargs["device"].type != "cuda":
-        print("qsmnet: note: --half needs a CUDA device; running in float32", file=sys.stderr)
+        logging.getLogger(__name__).info("--half needs a CUDA device; running in float32")
         params["half"] = False
     results = []
     bar = tqdm(subjects, desc="predict", unit="subject", file=sys.stderr, disable=not progress)

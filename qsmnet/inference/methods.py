@@ -1,6 +1,8 @@
 """Method lookup, in one place: classical solvers, shipped networks and network files by name.
 
-Every method answers ``method(field, mask, geometry, *, info=None, **params) -> chi`` (ppm):
+:func:`load_method` gives any of them under the one contract of :mod:`.contract`
+(``method(field, mask, geometry, **params) -> Result``); :func:`get_method` gives the underlying
+callable ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (ppm) that the adapter wraps:
 
 - a classical solver registered in :mod:`qsmnet.solvers` (``"tv"``, ``"tikhonov"``, ...);
 - a shipped network, by the name of its weights in ``qsmnet/weights`` (``"unet"``, ``"lpcnn"``),
@@ -13,8 +15,8 @@ Every method answers ``method(field, mask, geometry, *, info=None, **params) -> 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def default_method(quiet: bool = False) -> str:
             if shipped
             else "no network weights are shipped"
         )
-        print(f"qsmnet: note: {why}; using the classical {FALLBACK_METHOD} solver", file=sys.stderr)
+        logging.getLogger(__name__).info("%s; using the classical %s solver", why, FALLBACK_METHOD)
     return FALLBACK_METHOD
 
 
@@ -75,6 +77,84 @@ def method_names() -> list[str]:
     from qsmnet.solvers import SOLVERS
 
     return sorted(set(SOLVERS) | set(shipped_networks()))
+
+
+def is_experimental(name: str) -> bool:
+    """True for a shipped network not cleared as a default (its weights' JSON has
+    ``"default_ready": false``: its model card does not show it beating TV)."""
+    from qsmnet.models.io import resolve_weights
+
+    try:
+        meta = json.loads(resolve_weights(name).with_suffix(".json").read_text())
+    except (OSError, ValueError, QSMNetError):
+        return False
+    return meta.get("default_ready") is False
+
+
+def _card_line(path: Path | None, fallback: str) -> str:
+    """The first sentence of a model card's "What it is" paragraph (or ``fallback``)."""
+    try:
+        text = Path(path).with_suffix(".md").read_text()
+    except (OSError, TypeError):
+        return fallback
+    body = " ".join(ln.strip() for ln in text.split("\n\n", 2)[1].splitlines()) if "\n\n" in text else ""
+    body = body.replace("**What it is.**", "").strip()
+    first = body.split(". ")[0].strip().rstrip(".")
+    return (first[:117] + "...") if len(first) > 120 else (first or fallback)
+
+
+def load_method(name: str | os.PathLike | Callable):
+    """Any method under the one contract: an :class:`~qsmnet.inference.contract.Adapter`.
+
+    Args:
+        name: as :func:`get_method`; a callable with the internal call is wrapped too, and an
+            :class:`Adapter` is returned unchanged.
+
+    Raises:
+        QSMNetError: as :func:`get_method`.
+    """
+    from .contract import Adapter
+
+    if isinstance(name, Adapter):
+        return name
+    text = default_method() if isinstance(name, str) and name == DEFAULT_ALIAS else name
+    fn = get_method(text)
+    from .network import NetworkMethod
+
+    if isinstance(fn, NetworkMethod):
+        shipped = fn.path is not None and Path(fn.path).parent == _weights_dir()
+        return Adapter(fn, fn.name, "network", _card_line(fn.path, f"{type(fn.net).__name__} network"),
+                       experimental=shipped and is_experimental(fn.name))  # fmt: skip
+    solver = getattr(fn, "solver_name", None)
+    if solver:
+        return Adapter(fn, solver, "solver")
+    return Adapter(fn, getattr(fn, "__name__", type(fn).__name__), "function")
+
+
+def method_table() -> list[dict]:
+    """One row per registered method, without loading any network weights:
+    ``{"name", "kind", "defaults", "description", "experimental"}`` (solvers, then shipped networks)."""
+    from qsmnet.models.io import resolve_weights
+    from qsmnet.solvers import SOLVERS
+
+    from .contract import first_line, signature_defaults
+    from .network import NetworkMethod
+
+    rows = [{"name": n, "kind": "solver", "defaults": signature_defaults(fn),
+             "description": first_line(fn.__doc__), "experimental": False}
+            for n, fn in sorted(SOLVERS.items())]  # fmt: skip
+    net_defaults = signature_defaults(NetworkMethod.__call__)
+    for n in shipped_networks():
+        rows.append({"name": n, "kind": "network", "defaults": dict(net_defaults),
+                     "description": _card_line(resolve_weights(n), "network"),
+                     "experimental": is_experimental(n)})  # fmt: skip
+    return rows
+
+
+def _weights_dir() -> Path:
+    from qsmnet.models.io import WEIGHTS_DIR
+
+    return WEIGHTS_DIR
 
 
 def is_network_path(name: str | os.PathLike) -> bool:

@@ -59,12 +59,12 @@ def training_ranges(meta: dict) -> dict:
     return {"max_tilt_deg": DEFAULT_MAX_TILT_DEG, "voxel_mm": DEFAULT_VOXEL_RANGE_MM, "source": "default"}
 
 
-def _file_version(path: Path) -> str:
+def _file_version(path: Path, full: bool = False) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return "sha256:" + h.hexdigest()[:12]
+    return "sha256:" + (h.hexdigest() if full else h.hexdigest()[:12])
 
 
 class NetworkMethod:
@@ -132,12 +132,21 @@ class NetworkMethod:
             "version": self.version,
             "class": type(self.net).__name__,
             "weights": str(self.path) if self.path else None,
+            "weights_sha256": self.weights_sha256(),
             "training_ranges": {
                 "max_tilt_deg": self.ranges["max_tilt_deg"],
                 "voxel_mm": list(self.ranges["voxel_mm"]),
                 "source": self.ranges["source"],
             },
         }
+
+    def weights_sha256(self) -> str | None:
+        """``"sha256:<hex>"`` of the weights file (None for a network built in memory); cached."""
+        if self.path is None:
+            return None
+        if getattr(self, "_sha256", None) is None:
+            self._sha256 = _file_version(Path(self.path), full=True)
+        return self._sha256
 
     def check_geometry(self, geometry: Geometry) -> list[str]:
         """Warnings (one line each) for a B0 tilt or voxel size outside the training range."""

@@ -9,8 +9,8 @@ data-consistency residual ``||M (D * chi - f)|| / ||M f||``, wall time, device, 
 
 from __future__ import annotations
 
-import inspect
-import sys
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +21,11 @@ import numpy as np
 
 from qsmnet.errors import QSMNetError
 
-from .methods import DEFAULT_ALIAS, default_method, get_method, method_names  # noqa: F401 (re-exported)
+from .methods import DEFAULT_ALIAS, default_method, get_method, load_method, method_names  # noqa: F401
 
 #: A mask covering more than this fraction of the volume draws a warning (no background left).
 FULL_MASK_FRACTION = 0.98
-_RESERVED = ("field", "mask", "geometry", "info")
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device="auto"):
@@ -41,7 +41,7 @@ def resolve_device(device="auto"):
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        print("qsmnet: note: no CUDA device found, running on the CPU", file=sys.stderr)
+        log.info("no CUDA device found, running on the CPU")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise QSMNetError("--device cuda was requested but no CUDA device is available (use --device cpu)")
@@ -50,14 +50,9 @@ def resolve_device(device="auto"):
     return torch.device(device)
 
 
-def print_warning(message: str) -> None:
-    """Default warning sink: one line on stderr."""
-    print(f"qsmnet: warning: {message}", file=sys.stderr)
-
-
-def method_label(fn: Callable, fallback: str = "method") -> str:
-    """The name a method is reported under (solver name, network name)."""
-    return str(getattr(fn, "solver_name", None) or getattr(fn, "name", None) or fallback)
+def log_warning(message: str) -> None:
+    """Default warning sink: the ``qsmnet`` logger (one line on stderr under the CLI)."""
+    log.warning(message)
 
 
 def _check_like(vol, ref, what: str) -> None:
@@ -137,27 +132,43 @@ def load_inputs(field_path, mask_path, units="ppm", b0=None, te=None, voxel_size
     return Inputs(vol, f, m, geometry, source, warnings)
 
 
-def data_residual(chi, field, mask, geometry):
-    """Relative data-consistency residual and its map.
+def ignored_options(units: str, b0: float | None, te: float | None, method: str) -> list[str]:
+    """Warnings for a field strength or echo time that the chosen units (and method) do not use.
 
-    Args:
-        chi, field, mask: (X, Y, Z) tensors (ppm, ppm, 0/1) on one device.
-        geometry: their :class:`~qsmnet.physics.Geometry`.
+    ``ppm`` needs neither, ``hz`` needs ``b0`` only; ``ndi`` uses both for its phase scale."""
+    if method == "ndi":
+        return []
+    unused = {"ppm": ("b0", "te"), "hz": ("te",)}.get(units.lower(), ())
+    given = [n for n in unused if {"b0": b0, "te": te}[n] is not None]
+    if not given:
+        return []
+    return [f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} not used for a field in {units} "
+            f"(only for phase in rad{'' if 'b0' in given else ' or frequency in Hz'}); ignored"]  # fmt: skip
 
-    Returns:
-        ``(||M (D * chi - f)|| / ||M f||, M (D * chi - f))``, D the dipole convolution with zero
-        padding to twice the grid (no wrap-around: the physical, linear convolution), the map in ppm.
-    """
-    import torch
 
-    from qsmnet.physics import DipoleOperator
+def file_sha256(path) -> str:
+    """``"sha256:<hex>"`` of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
-    with torch.no_grad():
-        op = DipoleOperator(geometry, pad=True).to(chi.device)
-        chi = chi.to(torch.float32)
-        rel = float(op.residual(chi, field, mask)[0])
-        r = mask.ne(0).to(torch.float32) * (op.A(chi) - field)
-    return rel, r
+
+def _input_entry(path) -> dict:
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def effective_parameters(used: dict, given: dict, magnitude_path=None) -> dict:
+    """The parameters actually used, for a sidecar: arrays replaced by their source path."""
+    out = {}
+    for k, v in used.items():
+        if k == "magnitude":
+            v = None if magnitude_path is None else str(magnitude_path)
+        elif hasattr(v, "shape") and getattr(v, "ndim", 0) > 0:
+            v = f"array {tuple(v.shape)}"
+        out[k] = v
+    return out
 
 
 def predict_file(
@@ -175,7 +186,7 @@ def predict_file(
     device="auto",
     force: bool = False,
     residual_map=None,
-    warn: Callable[[str], None] | None = print_warning,
+    warn: Callable[[str], None] | None = log_warning,
 ) -> dict:
     """Reconstruct chi (ppm) from a local-field NIfTI and write it beside a JSON sidecar.
 
@@ -195,7 +206,7 @@ def predict_file(
         device: ``auto``, ``cpu``, ``cuda`` or a :class:`torch.device`.
         force: overwrite existing outputs.
         residual_map: optional NIfTI path for ``M (D * chi - f)`` (ppm).
-        warn: called with each warning line (default: printed on stderr); also in the sidecar.
+        warn: called with each warning line (default: logged); also in the sidecar.
 
     Returns:
         The sidecar dict that was written.
@@ -206,6 +217,7 @@ def predict_file(
     import torch
 
     from qsmnet.io import check_output, load_nifti, save_nifti
+    from qsmnet.physics import DipoleOperator
 
     t_start = time.perf_counter()
     check_output(out_path, force)
@@ -214,25 +226,25 @@ def predict_file(
         if str(residual_map) == str(out_path):
             raise QSMNetError("--residual-map must differ from the output path")
     name = default_method() if method is None or method == DEFAULT_ALIAS else method
-    fn = get_method(name)
-    label = method_label(fn, str(name))
+    fn = load_method(name)
+    label = fn.name
     params = dict(params or {})
-    accepted = inspect.signature(fn).parameters
-    unknown = sorted(k for k in params if k not in accepted or k in _RESERVED)
-    if unknown:
-        raise QSMNetError(f"method {label!r} does not take parameter(s) {', '.join(unknown)}")
+    fn.check_params(params)
+    accepted = fn.parameters()
 
     inp = load_inputs(field_path, mask_path, units, b0, te, voxel_size, b0_dir)
-    warnings = list(inp.warnings)
-    if hasattr(fn, "check_geometry"):
-        warnings += fn.check_geometry(inp.geometry)
+    warnings = list(inp.warnings) + ignored_options(units, b0, te, label)
+    if fn.experimental:
+        warnings.append(f"{fn.kind} {label!r} is experimental: it does not beat TV on the benchmark "
+                        "(see its model card); do not use its maps for decisions")  # fmt: skip
+    warnings += fn.check_geometry(inp.geometry)
     for w in warnings:
         if warn is not None:
             warn(w)
 
     dev = resolve_device(device)
     if params.get("half") and dev.type != "cuda":
-        print("qsmnet: note: --half needs a CUDA device; running in float32", file=sys.stderr)
+        log.info("--half needs a CUDA device; running in float32")
         params["half"] = False
     if magnitude_path is not None:
         if "magnitude" not in accepted:
@@ -245,12 +257,11 @@ def predict_file(
 
         params["phase_scale"] = float(ppm_to_rad(1.0, te=te, b0=b0))
 
-    info: dict = {}
     f_t = torch.from_numpy(inp.field).to(dev)
     m_t = torch.from_numpy(inp.mask).to(dev)
     t0 = time.perf_counter()
     try:
-        chi = fn(f_t, m_t, inp.geometry, info=info, **params)
+        res = fn(f_t, m_t, inp.geometry, **params)
     except torch.cuda.OutOfMemoryError:
         raise QSMNetError(
             "out of GPU memory: pass a smaller --window or --max-memory, or --device cpu"
@@ -258,20 +269,25 @@ def predict_file(
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    chi = chi.detach().to(torch.float32) * m_t
-    residual, rmap = data_residual(chi, f_t, m_t, inp.geometry)
-
-    shown = {k: v for k, v in params.items() if k != "magnitude"}
+    chi, info = res.chi, res.info
+    residual = res.residual
+    inputs = {"field": _input_entry(field_path), "mask": _input_entry(mask_path)}
     if magnitude_path is not None:
-        shown["magnitude"] = str(magnitude_path)
+        inputs["magnitude"] = _input_entry(magnitude_path)
     sidecar = {
         "method": label,
-        "parameters": shown,
+        "kind": fn.kind,
+        "experimental": fn.experimental,
+        "parameters": effective_parameters(res.params, params, magnitude_path),
         "iterations": info.get("iterations"),
         "residual": residual,
+        "residual_definition": "||M (D * chi - f)|| / ||M f||, D zero-padded (linear) dipole convolution",
         "seconds": round(seconds, 4),
         "device": str(dev),
+        "inputs": inputs,
         "units_in": units,
+        "MagneticFieldStrength": b0,
+        "EchoTime": te,
         "b0_dir": list(inp.geometry.b0_dir),
         "b0_dir_source": inp.b0_source,
         "b0_tilt_deg": round(inp.geometry.tilt_deg, 3),
@@ -279,13 +295,18 @@ def predict_file(
         "units_out": "ppm",
         "warnings": warnings,
     }
-    if "residual" in info and info["residual"] is not None:
+    if "lam" in res.params:
+        sidecar["lambda"] = res.params["lam"]
+        sidecar["lambda_method"] = info.get("lambda_method") or (
+            "auto" if params.get("lam") == "auto" else "given" if "lam" in params else "default")  # fmt: skip
+    if info.get("residual") is not None:
         sidecar["residual_method"] = info["residual"]
-    for key in ("lambda", "model", "inference", "half", "refine"):
+    for key in ("model", "inference", "half", "refine"):
         if key in info:
             sidecar[key] = info[key]
     if residual_map is not None:
         sidecar["residual_map"] = str(residual_map)
+        rmap = m_t.to(torch.float32) * (DipoleOperator(inp.geometry, pad=True).to(dev).A(chi) - f_t)
     chi_np = chi.cpu().numpy()
     sidecar["wall_seconds"] = round(time.perf_counter() - t_start, 4)
     if residual_map is not None:
