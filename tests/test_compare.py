@@ -13,6 +13,7 @@ import torch
 from qsmnet.compare import (
     Case,
     PeakMemory,
+    load_cases,
     normalise_methods,
     read_csv,
     roi_slope,
@@ -258,3 +259,40 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert (out / "metrics.png").exists() and (out / "results.md").exists()
     assert (out / "input" / "brain24" / "field.nii.gz").exists()
     assert main(["demo", "--size", "24", "--out", str(out), "--quiet"]) == 2  # not empty, no --force
+
+
+def test_slice_figure_windows_labels_and_colour_bars(cases):
+    from qsmnet.compare.figures import CHI_WINDOW_PPM, slice_figure
+
+    res = run_comparison(["tkd", "tikhonov"], cases[:1], device="cpu", progress=False)
+    fig = slice_figure(res.maps["caseA"], title="caseA")
+    axes = [ax for ax in fig.axes if ax.images]
+    chi_axes = [ax for ax in axes if ax.images[0].get_cmap().name.startswith("gray")]
+    assert len(chi_axes) == 3 * 3 and CHI_WINDOW_PPM == 0.15  # truth + 2 methods, 3 planes
+    assert all(ax.images[0].get_clim() == (-0.15, 0.15) for ax in chi_axes)  # not a ±0.05 clip
+    labels = [ax.get_ylabel() for ax in axes]
+    assert "tkd − truth" in labels and "tikhonov − truth" in labels and "field" in labels
+    bars = [ax.get_ylabel() for ax in fig.axes if not ax.images and ax.get_ylabel()]
+    assert any(b.startswith("χ (ppm)") for b in bars) and any("error" in b for b in bars)
+    assert any("field" in b for b in bars)
+
+
+def test_a_flat_folder_is_one_case_named_after_it(tmp_path, cases, capsys):
+    from qsmnet.cli.main import main
+    from qsmnet.compare.cases import write_case_nifti
+
+    write_case_nifti(cases[0], tmp_path / "subj07")  # field.nii.gz, mask.nii.gz, ... directly inside
+    loaded = load_cases(tmp_path / "subj07")
+    assert [c.name for c in loaded] == ["subj07"]
+    out = tmp_path / "out"
+    assert main(["compare", f"cases={tmp_path / 'subj07'}", "methods=[tkd]", f"out_dir={out}", "device=cpu",
+                 "progress=false", "figures=false"]) == 0  # fmt: skip
+    assert {r["case"] for r in read_csv(out / "metrics.csv")} == {"subj07"}
+    assert "| ." not in capsys.readouterr().out
+
+
+def test_compare_output_folder_is_git_ignored():
+    from pathlib import Path
+
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert "compare-out/" in ignored and "qsmnet-demo/" in ignored

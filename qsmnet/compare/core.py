@@ -241,18 +241,18 @@ def run_comparison(
                                    "voxel_size": case.geometry.voxel_size, "recon": {}}
             for label, (fn, kw) in bound.items():
                 bar.set_postfix_str(f"{label} on {case.name}")
-                info: dict = {}
-                call = functools.partial(fn, f, m, case.geometry, info=info, **kw)
+                call = functools.partial(fn, f, m, case.geometry, **kw)
                 with torch.no_grad():
-                    chi, seconds, pm = timed(call, dev)
-                chi = chi.detach().float().cpu().reshape(case.field.shape)
+                    res, seconds, pm = timed(call, dev)
+                info = res.info
+                chi = res.chi.cpu()
                 reg = specs[label]["method"]
                 reg = reg if isinstance(reg, str) else getattr(reg, "__name__", type(reg).__name__)
                 row = {"case": case.name, "method": label, "registered": reg,
                        "params": json.dumps(kw, sort_keys=True, default=str), "device": str(dev),
                        "seconds": seconds, "peak_mem_mib": pm.peak_bytes / 2**20, "mem_source": pm.source,
                        "iterations": info.get("iterations", math.nan),
-                       "residual": info.get("residual", math.nan)}
+                       "residual": res.residual}
                 scores = all_metrics(chi, case.chi, case.mask) if case.chi is not None else {}
                 row.update({k: float(scores.get(k, math.nan)) for k in METRICS})
                 row["dgm_slope"] = math.nan

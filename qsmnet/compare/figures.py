@@ -23,6 +23,9 @@ CHART_METRICS = (
     ("seconds", "time (s)"),
 )
 _PLANES = ("axial", "coronal", "sagittal")
+#: Display window of every chi panel (ppm): symmetric, wide enough for the deep grey nuclei
+#: (globus pallidus ~0.2 ppm saturates only at its core) and still showing grey/white contrast.
+CHI_WINDOW_PPM = 0.15
 
 
 def safe_name(name: str) -> str:
@@ -57,10 +60,11 @@ def _robust_range(values: list[np.ndarray], lo: float, hi: float) -> tuple[float
     return (a, b) if b > a else (a - 1e-3, a + 1e-3)
 
 
-def slice_figure(entry: dict, title: str = "", dpi: int = 110):
-    """Orthogonal slices of the truth (when known) and each method's chi, all on one ppm scale,
-    plus error maps on one symmetric scale (chi - truth, each demeaned inside the mask as nRMSE
-    scores them); the truth row shows the input field in the error columns.
+def slice_figure(entry: dict, title: str = "", dpi: int = 110, chi_window: float = CHI_WINDOW_PPM):
+    """Orthogonal slices of the truth (when known) and each method's chi, all in one fixed window
+    (``±chi_window`` ppm), plus error maps on one symmetric scale (chi - truth, each demeaned
+    inside the mask as nRMSE scores them); the truth row shows the input field in the error
+    columns. Every error row is labelled (``<method> − truth``) and every scale has a colour bar.
 
     Args:
         entry: one value of ``ComparisonResult.maps`` ({"truth", "field", "mask", "labels",
@@ -76,8 +80,7 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
     centre = slice_centre(mask, entry.get("labels"))
     vs = entry["voxel_size"]
     rows = ([("truth", truth)] if truth is not None else []) + list(recon.items())
-    ref = [truth[mask]] if truth is not None else [r[mask] for r in recon.values()]
-    vmin, vmax = _robust_range(ref, 0.5, 99.5)
+    vmin, vmax = -float(chi_window), float(chi_window)
     err_cols = truth is not None
     if err_cols:
         # Errors of the maps demeaned inside the mask, as nRMSE scores them (chi has no absolute zero).
@@ -112,6 +115,8 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
                 else:
                     im_err = im
         axes[r, 0].set_ylabel(name, fontsize=10)
+        if err_cols:
+            axes[r, 3].set_ylabel("field" if name == "truth" else f"{name} − truth", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -123,7 +128,7 @@ def slice_figure(entry: dict, title: str = "", dpi: int = 110):
             axes[0, 3 + c].set_title(f"field {p}" if truth is not None else "", fontsize=9)
             if len(rows) > 1:
                 axes[1, 3 + c].set_title(f"error {p}", fontsize=9)
-    fig.colorbar(im_chi, ax=axes[:, :3], shrink=0.8, label="χ (ppm)")
+    fig.colorbar(im_chi, ax=axes[:, :3], shrink=0.8, label=f"χ (ppm), window ±{chi_window:g}", extend="both")
     if err_cols and im_err is not None:
         fig.colorbar(im_err, ax=axes[1:, 3:], shrink=0.8, label="error, demeaned (ppm)")
     if im_field is not None:

@@ -7,9 +7,9 @@ into ``{label: {"method": registered name, **params}}``:
   ``method`` uses its label as the registered name);
 - a list of names and/or mappings, as in ``conf/compare.yaml``:
   ``["default", "tkd", {"name": "tv_strong", "method": "tv", "lam": 1e-3}]``;
-- a mapping's ``method`` may also be a callable answering the method call
-  ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (e.g. a freshly trained network
-  wrapped in a function, in a notebook);
+- a mapping's ``method`` may also be a callable: a :class:`~qsmnet.inference.contract.Method`, or a
+  function ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (e.g. a freshly trained
+  network wrapped in a function, in a notebook), which gets the contract's adapter;
 - the special name ``default``, which stands for :data:`qsmnet.inference.DEFAULT_METHOD` (the
   shipped default network once one is registered) and is labelled with that name; it is dropped
   when that method is listed anyway with the same parameters.
@@ -17,14 +17,16 @@ into ``{label: {"method": registered name, **params}}``:
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from qsmnet.errors import QSMNetError
 
+if TYPE_CHECKING:
+    from qsmnet.inference.contract import Method
+
 #: Method name that stands for :data:`qsmnet.inference.DEFAULT_METHOD`.
 DEFAULT_ALIAS = "default"
-_RESERVED = ("field", "mask", "geometry", "info")
 
 
 def _plain(x):
@@ -102,23 +104,21 @@ def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]
     return out
 
 
-def bind_method(label: str, spec: Mapping) -> tuple[Callable, dict]:
-    """The callable and the checked parameters of one normalised spec.
+def bind_method(label: str, spec: Mapping) -> tuple[Method, dict]:
+    """The method (under the one contract, :func:`qsmnet.inference.load_method`) and the checked
+    parameters of one normalised spec.
 
     Raises:
         QSMNetError: unknown method name (listing the choices) or a parameter the method does not take.
     """
-    from qsmnet.inference import get_method
+    from qsmnet.inference import load_method
 
     spec = dict(spec)
     name = spec.pop("method")
-    fn = name if callable(name) else get_method(name)
+    fn = load_method(name)
     try:
-        sig = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # some callables hide their signature: let the call decide
-        return fn, spec
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
-        bad = sorted(k for k in spec if k not in sig or k in _RESERVED)
-        if bad:
-            raise QSMNetError(f"method {label!r} ({name}) does not take parameter(s) {', '.join(bad)}")
+        fn.check_params(spec)
+    except QSMNetError:
+        bad = ", ".join(sorted(k for k in spec if k not in fn.parameters()))
+        raise QSMNetError(f"method {label!r} ({fn.name}) does not take parameter(s) {bad}") from None
     return fn, spec

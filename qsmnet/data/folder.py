@@ -51,7 +51,8 @@ def find_cases(root: str | os.PathLike) -> dict[str, dict[str, Path]]:
     ``label-`` entities dropped. So ``case1/field.nii.gz`` + ``case1/mask.nii.gz``,
     ``case1_field.nii.gz`` + ``case1_mask.nii.gz`` and BIDS derivatives such as
     ``sub-01/anat/sub-01_desc-local_fieldmap.nii.gz`` + ``sub-01_mask.nii.gz`` +
-    ``sub-01_Chimap.nii.gz`` all pair up. Cases without both a field and a mask are skipped.
+    ``sub-01_Chimap.nii.gz`` all pair up; ``field.nii.gz`` + ``mask.nii.gz`` directly in ``root``
+    are one case named after ``root``. Cases without both a field and a mask are skipped.
 
     Returns:
         {case name: {role: path}}, sorted by case name.
@@ -68,7 +69,8 @@ def find_cases(root: str | os.PathLike) -> dict[str, dict[str, Path]]:
             continue
         rel = p.parent.relative_to(root).as_posix()
         name = "/".join(x for x in (rel if rel != "." else "", key) if x)
-        cases.setdefault(name or ".", {}).setdefault(role, p)
+        # a flat folder of one case (field.nii.gz + mask.nii.gz): the case is named after the folder
+        cases.setdefault(name or root.resolve().name or "case", {}).setdefault(role, p)
     return {k: v for k, v in sorted(cases.items()) if "field" in v and "mask" in v}
 
 
