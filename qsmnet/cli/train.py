@@ -20,10 +20,27 @@ import hydra
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def one_line_per_message() -> None:
+    """Let Lightning's messages reach Hydra's handlers (console and ``<run dir>/train.log``) once.
+
+    Lightning gives its loggers their own stderr handlers, so under Hydra every message was
+    printed twice (``INFO: ...`` and ``[time][lightning...][INFO] - ...``)."""
+    import logging
+
+    import lightning  # noqa: F401 - importing creates its loggers
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg) -> float | None:
     from qsmnet.training import train
 
+    one_line_per_message()
     metrics = train(cfg)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna); plain runs ignore it.
     val = metrics.get("val/nrmse")

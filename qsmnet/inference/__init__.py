@@ -1,5 +1,7 @@
 """Inference: one call for networks and classical solvers, file-level prediction, many subjects.
 
+- :func:`load_method`: any method under the one contract ``method(field, mask, geometry, **params)
+  -> Result`` (:mod:`.contract`: :class:`Method`, :class:`Result`); :func:`method_table` lists them;
 - :func:`get_method` (solvers, shipped networks, network files, ``"default"``) and
   :func:`default_method` (the best shipped network, else ``tv``): :mod:`.methods`;
 - :class:`NetworkMethod`: a loaded network answering the method call, with sliding windows,
@@ -13,19 +15,24 @@ network weights are shipped), without the note on stderr.
 from __future__ import annotations
 
 from .batch import Subject, find_bids_subjects, predict_many, read_subject_list
-from .methods import PREFERRED_NETWORKS, default_method, get_method, method_names
+from .contract import Method, Result
+from .methods import PREFERRED_NETWORKS, default_method, get_method, load_method, method_names, method_table
 from .network import NetworkMethod
 from .pipeline import predict_file, resolve_device
 
 __all__ = [
     "DEFAULT_METHOD",
     "PREFERRED_NETWORKS",
+    "Method",
     "NetworkMethod",
+    "Result",
     "Subject",
     "default_method",
     "find_bids_subjects",
     "get_method",
+    "load_method",
     "method_names",
+    "method_table",
     "predict_file",
     "predict_many",
     "read_subject_list",

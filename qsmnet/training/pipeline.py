@@ -129,6 +129,8 @@ def train(cfg) -> dict[str, float]:
     loggers = _instantiate_all(cfg.get("logger"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # nor a progress bar with the bar turned off
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     t0 = time.perf_counter()
