@@ -296,3 +296,25 @@ def test_compare_output_folder_is_git_ignored():
 
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert "compare-out/" in ignored and "qsmnet-demo/" in ignored
+
+
+def test_one_description_of_the_demo():
+    from pathlib import Path
+
+    from qsmnet.cli.demo import DESCRIPTION
+
+    root = Path(__file__).resolve().parents[1]
+    doc = " ".join((root / "docs" / "compare.md").read_text().split())
+    assert DESCRIPTION in doc
+    assert "default network, TKD, Tikhonov and TV" not in doc  # the old, shorter account
+
+
+def test_packaging_extras():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    extras = meta["optional-dependencies"]
+    assert any(d.startswith("jupyterlab") for d in extras["notebooks"])
+    every = [d for ds in [meta["dependencies"], *extras.values()] for d in ds]
+    assert not any(d.startswith(("hypothesis", "nbmake")) for d in every)  # nothing imports them
