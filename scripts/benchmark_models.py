@@ -21,7 +21,7 @@ import torch
 from qsmnet.models import LPCNN, MoDL, QSMUNet, VarNet
 from qsmnet.physics import Geometry, forward_field
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "qsmnet" / "conf"
 
 DEFAULTS = {
     "unet": lambda: QSMUNet(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1),

@@ -31,3 +31,18 @@ def test_one_run_folder_no_duplicate_lines_step_progress(tmp_path):
     assert len(lines) == 1, lines  # was printed twice (Lightning's handler and Hydra's)
     log = (run / "train.log").read_text()
     assert log.count("max_steps=3` reached") == 1 and "exported weights" in log
+
+
+def test_configs_ship_inside_the_package():
+    """A wheel (not editable) install must find the Hydra configs: they live in qsmnet/conf."""
+    import qsmnet
+    from qsmnet.cli import compare, train
+
+    assert qsmnet.CONFIG_DIR == Path(qsmnet.__file__).resolve().parent / "conf"
+    assert (qsmnet.CONFIG_DIR / "train.yaml").is_file() and (qsmnet.CONFIG_DIR / "compare.yaml").is_file()
+    assert Path(train.CONFIG_DIR) == qsmnet.CONFIG_DIR and compare.CONFIG_DIR == qsmnet.CONFIG_DIR
+    assert not (ROOT / "conf").exists()
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"conf/*.yaml", "conf/*/*.yaml"' in text
+    depth = {len(p.relative_to(qsmnet.CONFIG_DIR).parts) for p in qsmnet.CONFIG_DIR.rglob("*.yaml")}
+    assert depth <= {1, 2}  # the package-data globs reach every config

@@ -127,7 +127,7 @@ def test_datamodule_from_hydra_config():
     hydra = pytest.importorskip("hydra")
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load("conf/data/tiny.yaml")
+    cfg = OmegaConf.load("qsmnet/conf/data/tiny.yaml")
     dm = hydra.utils.instantiate(cfg)
     assert isinstance(dm, QSMDataModule)
     dm.setup("fit")

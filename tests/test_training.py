@@ -19,7 +19,7 @@ from qsmnet.models import io as mio
 from qsmnet.physics import DipoleOperator, Geometry
 from qsmnet.training import QSMLitModule, QSMLoss, train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "qsmnet" / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # CPU-test sizes for any model group (the experiments' own sizes are for real training).
 TINY_MODEL = {

@@ -1,6 +1,6 @@
 """``qsmnet compare``: methods x cases -> metric tables (CSV, Markdown) and PNG figures.
 
-The options are the Hydra config ``conf/compare.yaml``, overridden by ``key=value`` arguments::
+The options are the Hydra config ``qsmnet/conf/compare.yaml``, overridden by ``key=value`` arguments::
 
     qsmnet compare cases=benchmark methods=[tkd,tikhonov,tv] out_dir=compare-out
     qsmnet compare cases=/data/cases 'methods=[default,{name:tv_strong,method:tv,lam:1e-3}]'
@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "compare methods (networks, solvers) on the benchmark set or a NIfTI folder: tables and figures"
+from qsmnet import CONFIG_DIR  # the packaged Hydra configs (qsmnet/conf)
 
-#: The repository's ``conf/`` folder, found from this file (independent of the working directory).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+HELP = "compare methods (networks, solvers) on the benchmark set or a NIfTI folder: tables and figures"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compose_config(overrides: list[str] | None = None, config_dir: str | Path | None = None):
-    """The ``compare`` config composed with Hydra from ``config_dir`` (default: the repo's ``conf/``)
+    """The ``compare`` config composed with Hydra from ``config_dir`` (default: the packaged ``qsmnet/conf``)
     and ``key=value`` overrides.
 
     Raises:
@@ -47,7 +46,7 @@ def compose_config(overrides: list[str] | None = None, config_dir: str | Path | 
 
     cdir = Path(config_dir or CONFIG_DIR)
     if not (cdir / "compare.yaml").is_file():
-        raise QSMNetError(f"config {cdir / 'compare.yaml'} not found (install qsmnet from its repository)")
+        raise QSMNetError(f"config {cdir / 'compare.yaml'} not found (a broken qsmnet install: reinstall it)")
     try:
         with initialize_config_dir(config_dir=str(cdir.resolve()), version_base="1.3", job_name="compare"):
             return compose(config_name="compare", overrides=list(overrides or []))

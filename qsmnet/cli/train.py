@@ -1,4 +1,4 @@
-"""``qsmnet-train``: train a network from the Hydra configs in ``conf/``.
+"""``qsmnet-train``: train a network from the Hydra configs in ``qsmnet/conf/``.
 
 Examples::
 
@@ -12,12 +12,12 @@ All the work is in :func:`qsmnet.training.train`; this module only hands it the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 
-#: The repository's ``conf/`` folder, found from this file (independent of the working directory).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from qsmnet import CONFIG_DIR as PACKAGE_CONFIG_DIR
+
+#: The packaged Hydra configs (``qsmnet/conf``), independent of the working directory.
+CONFIG_DIR = str(PACKAGE_CONFIG_DIR)
 
 
 def one_line_per_message() -> None:
