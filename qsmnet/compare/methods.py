@@ -5,7 +5,7 @@ into ``{label: {"method": registered name, **params}}``:
 
 - a mapping ``{"tv_strong": {"method": "tv", "lam": 1e-3}, "tkd": {}}`` (an entry without
   ``method`` uses its label as the registered name);
-- a list of names and/or mappings, as in ``conf/compare.yaml``:
+- a list of names and/or mappings, as in ``qsmnet/conf/compare.yaml``:
   ``["default", "tkd", {"name": "tv_strong", "method": "tv", "lam": 1e-3}]``;
 - a mapping's ``method`` may also be a callable: a :class:`~qsmnet.inference.contract.Method`, or a
   function ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (e.g. a freshly trained

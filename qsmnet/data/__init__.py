@@ -4,7 +4,7 @@
 - :class:`PrecomputedDataset`: simulated volumes with a cached classical estimate (e.g. TV), as
   patches, for networks that refine it.
 - :class:`NiftiFolderDataset`: (field, mask[, chi]) NIfTI cases, BIDS derivatives accepted.
-- :class:`QSMDataModule`: both, from Hydra config (``conf/data/*.yaml``).
+- :class:`QSMDataModule`: both, from Hydra config (``qsmnet/conf/data/*.yaml``).
 - :func:`load_benchmark`: the fixed benchmark set written by ``qsmnet simulate --benchmark``.
 - :class:`GridTransform`, :func:`random_transform`: physics-aware flips and axis permutations.
 """

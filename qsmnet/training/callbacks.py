@@ -16,7 +16,7 @@ class StopFile(L.Callback):
     killing the process would skip. Useful on shared or time-limited machines.
 
     Args:
-        path: the file to watch (``conf/callbacks/default.yaml``: ``${paths.output_dir}/STOP``).
+        path: the file to watch (``qsmnet/conf/callbacks/default.yaml``: ``${paths.output_dir}/STOP``).
         every_n_steps: how often to look for it.
     """
 

@@ -89,7 +89,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, dest: str | os.PathLike | No
 def train(cfg) -> dict[str, float]:
     """Train a network as configured and return the final metrics (floats keyed like ``val/nrmse``).
 
-    Config keys used (see ``conf/train.yaml``): ``seed``, ``data``, ``model``, ``loss``,
+    Config keys used (see ``qsmnet/conf/train.yaml``): ``seed``, ``data``, ``model``, ``loss``,
     ``optimizer``, ``scheduler``, ``scheduler_interval``, ``trainer``, ``callbacks``, ``logger``,
     ``init_from`` (shipped weights name or path to start from), ``ckpt_path`` (Lightning checkpoint
     to resume the whole training state from), ``test``, ``name``, ``paths.output_dir``, ``export_to``.
