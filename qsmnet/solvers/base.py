@@ -96,6 +96,15 @@ def prepare(field, mask, geometry: Geometry | Sequence[Geometry]) -> Problem:
     return Problem((f * m).contiguous(), m.contiguous(), op, geoms, squeeze)
 
 
+def sub_problem(p: Problem, b: int) -> Problem:
+    """Sample ``b`` of a batched problem as a problem of its own (batch of one)."""
+    if p.field.shape[0] == 1:
+        return p
+    g = p.geometries[b]
+    op = p.op if p.op.kernel.shape[0] == 1 else DipoleOperator(g).to(p.device)
+    return Problem(p.field[b : b + 1], p.mask[b : b + 1], op, (g,), False)
+
+
 def _norms(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1)
 
