@@ -224,9 +224,8 @@ def tv(
             solve plus two FFT pairs); ``"noise"`` (the former auto, calibrated on white-noise
             phantoms only); ``"lcurve"`` / ``"freq"`` (a warm-started sweep of :data:`SWEEP`,
             ~2-3 solves). Measured in ``docs/regularisation.md``: on realistic 160^3 brains
-            (model error 60 % of the field) ``"auto"`` lands 0.8-1.1x (tuning) of the per-case
-            best lambda, ``"noise"`` 0.2x; on the 16-case benchmark set auto equals noise within
-            10 % of lambda.
+            (model error 60 % of the field) ``"auto"`` lands 0.75-1.0x of the per-case best
+            lambda, ``"noise"`` 0.2x; on the 16-case benchmark set the factor is 1 (auto = noise).
         iterations: iteration cap (default 250).
         tol: stop when the relative chi update falls below this (default 1e-3).
         weight: data weight W: ``"mask"`` (default: fit the field inside the mask only, two FFT
