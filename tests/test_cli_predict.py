@@ -402,3 +402,15 @@ def test_shipped_networks_run_and_default_only_when_ready(case):
         assert np.all(nib.load(out).get_fdata()[~mask] == 0)
     ready = [n for n in available() if default_ready(n)]
     assert (default_method(quiet=True) in ready) if ready else default_method(quiet=True) == "tv"
+
+
+@pytest.mark.parametrize("method", ["ilsqr", "tv"])
+def test_lambda_choosers_on_the_command_line(case, method):
+    # `--method ilsqr --lambda auto` used to end in a TypeError traceback
+    paths, _, _, tmp = case
+    out = tmp / f"{method}.nii.gz"
+    rc = predict(paths["field"], paths["mask"], out, "--method", method, "--lambda", "auto",
+                 "--iterations", 20, "--device", "cpu")  # fmt: skip
+    assert rc == 0
+    side = json.loads((tmp / f"{method}.json").read_text())
+    assert side["parameters"]["lam"] == "auto"
