@@ -27,7 +27,6 @@ RUNS = [
     ("tv", "auto"),
     ("tv", "lcurve"),
     ("tv", "noise"),
-    ("medi", "auto"),
     ("tikhonov", "auto"),
     ("ilsqr", "auto"),
     ("ndi", "auto"),

@@ -11,21 +11,27 @@ magic-angle cone. Choosers then read the record:
 - :func:`frequency_analysis`: after Milovic et al. (MRM 2021, "Comparison of parameter
   optimization methods for QSM"): an under-regularised chi carries streaks, i.e. excess power on
   the cone ``|D(k)| ~ 0`` where the data say nothing; an over-regularised chi has lost power
-  where the data are reliable. In a streak-free map the power at a given ``|k|`` does not depend
-  on the direction, so the chosen weight is where the mean amplitude ``|F chi|`` in a band of
-  mid-to-high ``|k|`` on the cone equals the mean amplitude in the same band far from it (the
-  crossing of ``log(cone / far)`` with 0, interpolated in ``log lambda``), times a correction
-  factor (:data:`FREQ_FACTOR`, measured). This is our reading of the method, not a port.
+  where the data are reliable. Over the sweep, the share of the drop of the (log) mean
+  amplitude ``|F chi|`` on the cone still to come (streaks left) is balanced against the share of
+  the drop far from the cone already done (detail lost), in a band of mid-to-high ``|k|``; the
+  crossing, interpolated in ``log lambda``, times a correction factor (:data:`FREQ_FACTOR`,
+  measured) is the weight. This is our reading of the method, not a port.
 
-Both choosers look at chi only, not at a noise estimate, so model error (background remnants,
-anisotropy, edge errors), which is neither white nor small on patient data, does not enter
-through a wrong noise model. The measured comparison is in ``docs/regularisation.md``
-(``scripts/benchmark_lambda.py``).
+A third chooser needs no sweep: ``"model"`` (the default behind ``"auto"`` for solvers with a
+weight) is the white-noise balance of :mod:`.lam` times a model-error factor
+``max(1, rho / RHO0) ** RHO_EXPONENT``, ``rho`` = :func:`cone_power`, the share of the field's
+power on the magic-angle cone, where a dipole field has none. Model error on patient data
+(background remnants, anisotropy, edge errors: 56-68 % of an in vivo field's norm) is neither
+white nor visible to the Laplacian noise estimate, but it does put power on the cone. Measured
+comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
 
-Every solver that takes ``lam`` accepts ``"auto"`` (:data:`AUTO_METHOD`), ``"lcurve"``,
-``"freq"``, ``"noise"`` (the former noise-balance rule of :mod:`.lam`) or a number, and reports
-``info["lambda"]`` (the weight used), ``info["lambda_method"]`` (``"fixed"``, ``"lcurve"``,
-``"freq"`` or ``"noise"``) and, when a sweep ran, ``info["lambda_sweep"]`` (a list of
+Solvers regularised by early stopping (ilsqr, ndi) use ``"freq"`` (or ``"lcurve"``) on their own
+iterate path, weight 1/k (:func:`choose_on_path`).
+
+Every solver that takes ``lam`` accepts ``"auto"`` (:data:`AUTO_METHOD`), ``"model"``,
+``"lcurve"``, ``"freq"``, ``"noise"`` (the former auto rule of :mod:`.lam`) or a number, and
+reports ``info["lambda"]`` (the weight used), ``info["lambda_method"]`` (``"fixed"``, ``"model"``,
+``"lcurve"``, ``"freq"`` or ``"noise"``) and, when a sweep ran, ``info["lambda_sweep"]`` (a list of
 ``{"lambda", "misfit", "penalty", "cone", "far", "cone_ratio"}`` dicts, misfit relative to ``||M f||``).
 """
 
