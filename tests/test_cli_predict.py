@@ -50,7 +50,7 @@ def test_predict_writes_chi_on_input_grid_and_sidecar(case, capsys):
     side = json.loads((tmp / "chi.json").read_text())
     assert side["method"] == "tv" and side["parameters"] == {"lam": 1e-4, "iterations": 20, "tol": 1e-3,
                                                              "weight": "mask"}  # the parameters used
-    assert side["lambda"] == 1e-4 and side["lambda_method"] == "given"
+    assert side["lambda"] == 1e-4 and side["lambda_method"] == "fixed"
     assert side["iterations"] <= 20 and 0 <= side["residual"] < 1 and side["seconds"] >= 0
     assert side["device"] == "cpu" and side["b0_dir_source"] == "affine" and side["units_in"] == "ppm"
 
@@ -462,7 +462,7 @@ def test_sidecar_records_what_was_run(case):
     assert side["method"] == "tv" and side["kind"] == "solver"
     assert side["MagneticFieldStrength"] == 3 and side["EchoTime"] == 0.02 and side["units_in"] == "rad"
     assert side["parameters"]["iterations"] == 5 and side["iterations"] <= 5
-    assert isinstance(side["lambda"], float) and side["lambda"] > 0 and side["lambda_method"] != "given"
+    assert isinstance(side["lambda"], float) and side["lambda"] > 0 and side["lambda_method"] == "model"
     assert side["parameters"]["lam"] == side["lambda"]  # the λ chosen by 'auto', not the word
     import hashlib
 
@@ -521,3 +521,16 @@ def test_notes_go_through_logging_and_verbose_adds_debug(case, capsys):
     main(["methods"])
     logging.getLogger("qsmnet.test").debug("hidden")
     assert "hidden" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ilsqr", "tv"])
+def test_lambda_choosers_on_the_command_line(case, method):
+    # `--method ilsqr --lambda auto` used to end in a TypeError traceback
+    paths, _, _, tmp = case
+    out = tmp / f"{method}.nii.gz"
+    rc = predict(paths["field"], paths["mask"], out, "--method", method, "--lambda", "auto",
+                 "--iterations", 20, "--device", "cpu")  # fmt: skip
+    assert rc == 0
+    side = json.loads((tmp / f"{method}.json").read_text())
+    assert side["lambda_method"] == {"tv": "model", "ilsqr": "freq"}[method]
+    assert side["parameters"]["lam"] == side["lambda"]  # the value 'auto' chose

@@ -50,10 +50,10 @@ NOISELESS = {
     "tkd": ({"threshold": 0.19}, 45.0),
     "tsvd": ({"threshold": 0.1}, 45.0),
     "tikhonov": ({"lam": 1e-3}, 45.0),
-    "ilsqr": ({"tol": 0.05}, 45.0),
+    "ilsqr": ({"lam": 0.0, "tol": 0.05}, 45.0),  # noiseless: undamped CG to a tolerance
     "tv": ({"lam": 1e-5, "weight": "mask", "iterations": 120}, 15.0),
     "medi": ({"lam": 1e-5, "iterations": 120}, 15.0),
-    "ndi": ({"iterations": 100}, 60.0),
+    "ndi": ({"lam": 1e-6, "iterations": 100}, 60.0),
 }
 
 
@@ -133,10 +133,11 @@ def test_batch_with_two_geometries_matches_single_solves(name):
 
 def test_iterative_solvers_stop_on_tolerance():
     _, field, mask, geom = smooth_phantom(1)
+    fixed = {"tv": {}, "ilsqr": {"lam": 0.0}, "ndi": {"lam": 1e-6}}  # tol applies to a fixed weight
     for name, loose, tight in [("tv", 1e-2, 1e-4), ("ilsqr", 0.2, 0.01), ("ndi", 1e-2, 1e-5)]:
         a, b = {}, {}
-        SOLVERS[name](field, mask, geom, info=a, tol=loose)
-        SOLVERS[name](field, mask, geom, info=b, tol=tight)
+        SOLVERS[name](field, mask, geom, info=a, tol=loose, **fixed[name])
+        SOLVERS[name](field, mask, geom, info=b, tol=tight, **fixed[name])
         assert a["iterations"] < b["iterations"], name
         assert b["residual"] <= a["residual"] + 1e-3, name
 
@@ -153,7 +154,7 @@ def test_noise_estimate_and_auto_lambda_grow_with_noise():
         sig[s] = float(estimate_noise(p.field, p.mask)[0])
         for name in ("tikhonov", "tv"):
             info = {}
-            SOLVERS[name](field, mask, geom, lam="auto", info=info)
+            SOLVERS[name](field, mask, geom, lam="noise", info=info)
             lams[name, s] = info["lambda"]
     assert 0.7 * 0.01 < sig[0.01] < 1.5 * 0.01
     assert sig[0.01] > 3 * sig[0.002]

@@ -14,7 +14,8 @@ _SOLVERS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
 
 
 def _lambda(text: str):
-    return "auto" if text.lower() == "auto" else _positive(float)(text)
+    choosers = ("auto", "model", "lcurve", "freq", "noise")  # qsmnet.solvers.select
+    return text.lower() if text.lower() in choosers else _positive(float)(text)
 
 
 def _window(text: str):
@@ -74,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("solver parameters (defaults: the method's own, see its docstring)")
     g.add_argument(
-        "--lambda", dest="lam", type=_lambda, help="regularisation weight, or 'auto' (tikhonov, tv, medi)"
+        "--lambda",
+        dest="lam",
+        type=_lambda,
+        help="weight, or auto/model/lcurve/freq/noise (tikhonov, tv, medi, ilsqr, ndi)",
     )
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")
     g.add_argument("--threshold", type=float, help="kernel threshold of tkd / tsvd")

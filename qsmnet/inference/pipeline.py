@@ -298,7 +298,7 @@ def predict_file(
     if "lam" in res.params:
         sidecar["lambda"] = res.params["lam"]
         sidecar["lambda_method"] = info.get("lambda_method") or (
-            "auto" if params.get("lam") == "auto" else "given" if "lam" in params else "default")  # fmt: skip
+            "auto" if params.get("lam") == "auto" else "fixed" if "lam" in params else "default")  # fmt: skip
     if info.get("residual") is not None:
         sidecar["residual_method"] = info["residual"]
     for key in ("model", "inference", "half", "refine"):

@@ -96,6 +96,15 @@ def prepare(field, mask, geometry: Geometry | Sequence[Geometry]) -> Problem:
     return Problem((f * m).contiguous(), m.contiguous(), op, geoms, squeeze)
 
 
+def sub_problem(p: Problem, b: int) -> Problem:
+    """Sample ``b`` of a batched problem as a problem of its own (batch of one)."""
+    if p.field.shape[0] == 1:
+        return p
+    g = p.geometries[b]
+    op = p.op if p.op.kernel.shape[0] == 1 else DipoleOperator(g).to(p.device)
+    return Problem(p.field[b : b + 1], p.mask[b : b + 1], op, (g,), False)
+
+
 def relative_residual(p: Problem, chi: torch.Tensor) -> float:
     """``max_b ||M (A chi - f)|| / ||M f||`` (:meth:`DipoleOperator.residual`, one FFT pair)."""
     return float(p.op.residual(chi, p.field, p.mask).max())

@@ -1,10 +1,8 @@
-"""Choosing the regularisation weight per subject from the noise estimated in the field.
+"""The white-noise balance rule: lambda from the noise estimated in the field (chooser ``"noise"``).
 
-On real data the best lambda is often an order of magnitude larger than on clean simulations
-(noise, background-field remnants and model errors all look like signal to the inversion), so a
-fixed default fails patients. ``lam="auto"`` in :mod:`tikhonov`, :mod:`tv` and :mod:`medi` picks
-lambda per sample from a noise estimate by a noise-to-signal balance (the MAP / Wiener choice
-for a Gaussian or Laplacian prior on the gradient of chi)::
+``lam="noise"`` in :mod:`tikhonov`, :mod:`tv` and :mod:`medi` picks lambda per sample by a
+noise-to-signal balance (the MAP / Wiener choice for a Gaussian or Laplacian prior on the
+gradient of chi)::
 
     tikhonov:  lam = KAPPA_L2 * sigma^2 / mean_M |grad chi_0|^2
     tv, medi:  lam = KAPPA_L1 * sigma^2 / mean_M |grad chi_0|_1
@@ -14,15 +12,18 @@ field, from its 6-neighbour Laplacian inside the eroded mask: for white noise th
 standard deviation ``sqrt(42) sigma``, the smooth dipole field contributes little, and a median
 absolute deviation ignores the edges that remain.
 
-Why not Morozov's discrepancy principle: tried first (bisection of ``||M(A chi - f)|| = tau sigma
-sqrt(N)``), it failed because the residual of a solver that fits the masked field everywhere (TV's
-former default, ``weight=None``) has a model-error floor that exceeds the noise on small or clean
-volumes, so lambda stopped following the noise. TV and MEDI now fit the data inside the mask only,
-which removes that floor; the discrepancy principle has not been re-evaluated since
-(:func:`discrepancy_search` is kept for it). The constants were calibrated in
-``scripts/tune_solvers.py`` on 48^3 brain phantoms at 3.5 mm; on 96^3 phantoms at 1 mm with the
-mask-weighted TV, ``lam="auto"`` still beat the best fixed lambda (23.5 vs 24.4 % mean nRMSE, see
-:func:`qsmnet.solvers.tv.tv`).
+What it was calibrated on, and where it fails: the constants come from ``scripts/tune_solvers.py``
+on 48^3 brain phantoms at 3.5 mm with white noise only, and the rule is near the best lambda on
+such data (the 16-case benchmark set: TV mean nRMSE 25.3 %). On fields with in vivo-like model
+error (background remnants, anisotropy, edge errors: 56-68 % of the field's norm in vivo) it
+picks lambda 4-7x too small (an in vivo 3 T field: 1.7e-4 where 1e-3 was best; the realistic
+brains of ``scripts/benchmark_lambda.py``: 0.21-0.23x the per-case best), because that error is
+neither white nor visible to a Laplacian noise estimate. ``lam="auto"`` therefore multiplies this
+rule by a model-error factor from the field's power on the magic-angle cone
+(:func:`qsmnet.solvers.select.model_error_factor`, chooser ``"model"``).
+
+Morozov's discrepancy principle was tried first and failed on small, clean volumes (the misfit
+floor of the unweighted TV of the time); :func:`discrepancy_search` is kept for experiments.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 
 from .base import Problem
 
-#: Discrepancy factor for :func:`discrepancy_target` (not used by the default auto rules).
+#: Discrepancy factor for :func:`discrepancy_target` (not used by any chooser).
 TAU = 0.5
 
 #: kappa of the L2 (Tikhonov) rule: per-case best lambda * s2 / sigma^2 ranged 0.14-0.42 on brain

@@ -8,7 +8,7 @@ inside the mask only). Without a magnitude the structural prior is the mask itse
 brain boundary only.
 
 Unlike the original MEDI (nonlinear data term, Gauss-Newton + CG) this solves the linear model
-by ADMM (:func:`qsmnet.solvers.tv.admm_tv`), so it shares TV's speed and ``lam="auto"``.
+by ADMM (:func:`qsmnet.solvers.tv.admm_tv`), so it shares TV's speed and lambda choosers.
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ def medi(
         info: filled with ``iterations``, ``residual`` and the ``lambda`` used.
         magnitude: optional magnitude image, the field's shape; edges come from it, else from
             the mask.
-        lam: TV weight or ``"auto"`` (default, as :func:`qsmnet.solvers.tv.tv`; MEDI's own sweep
-            in ``scripts/tune_solvers.py`` is still to be run, the accuracy bar of
-            ``scripts/benchmark_solvers.py`` reports its nRMSE).
+        lam: TV weight or a chooser (``"auto"``, default, and the others as in
+            :func:`qsmnet.solvers.tv.tv`; measured in ``docs/regularisation.md``).
         iterations: iteration cap (default 250).
         tol: relative-update tolerance (default 1e-3).
         edge_fraction: share of in-mask voxel-directions freed from TV (default 0.3, MEDI's

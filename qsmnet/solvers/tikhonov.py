@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Problem, finish, prepare, safe_reciprocal
-from .lam import PILOT_LAMBDA, as_lambda, balanced_lambda, is_auto, lambda_summary
+from . import select
+from .base import Problem, finish, prepare, safe_reciprocal, sub_problem
+from .lam import PILOT_LAMBDA, as_lambda, balanced_lambda, lambda_summary
 from .registry import register
+
+#: Tikhonov's sweep for the choosers: lambda 1e-3 .. 3 (mm^2), 25 weights, all in k-space.
+SWEEP = (1e-3, 3.0, 25)
 
 _REGULARISERS = ("gradient", "identity")
 #: identity-regulariser lambda per gradient-regulariser lambda (|grad|^2 ~ 1/mm^2 at mid frequencies).
@@ -33,6 +37,26 @@ def auto_lambda(p: Problem, regulariser: str = "gradient") -> torch.Tensor:
     return lam if regulariser == "gradient" else lam * _IDENTITY_PER_GRADIENT
 
 
+def kspace_sweep(p: Problem, regulariser: str = "gradient", grid=SWEEP) -> select.Sweep:
+    """The closed-form solutions over a lambda grid, evaluated in k-space (one rfftn in all).
+
+    Misfit ``||D chi_hat - f_hat|| / ||f_hat||`` and penalty ``||R chi_hat||^2`` by Parseval (on
+    the whole grid, not the mask), cone ratio from ``|chi_hat|``. Batch of one.
+    """
+    d = p.op.kernel[0, 0]
+    r2 = p.laplacian()[0, 0] if regulariser == "gradient" else torch.ones_like(d)
+    f_hat = torch.fft.rfftn(p.field[0, 0])
+    fn = f_hat.abs().square().sum().sqrt().clamp_min(1e-30)
+    masks = select.frequency_masks(p)
+    rec = select.Sweep()
+    for lam in select.log_grid(*grid):
+        chi_hat = f_hat * (d * safe_reciprocal(d * d + lam * r2))
+        mis = float((d * chi_hat - f_hat).abs().square().sum().sqrt() / fn)
+        pen = float((r2 * chi_hat.abs().square()).sum())
+        rec.add(lam, mis, pen, select.band_amplitudes(chi_hat, masks, spectrum=True))
+    return rec
+
+
 def pilot(p: Problem) -> torch.Tensor:
     """Gradient-regularised Tikhonov chi at :data:`~qsmnet.solvers.lam.PILOT_LAMBDA` (unmasked)."""
     return p.op.filter(p.field, _filter(p, as_lambda(PILOT_LAMBDA, p), "gradient"))
@@ -45,7 +69,7 @@ def tikhonov(
     geometry,
     *,
     info: dict | None = None,
-    lam: float | str = 0.03,
+    lam: float | str = "auto",
     regulariser: str = "gradient",
 ) -> torch.Tensor:
     """Closed-form Tikhonov (CFL2) dipole inversion.
@@ -55,11 +79,12 @@ def tikhonov(
         mask: same shape, non-zero inside the brain.
         geometry: :class:`~qsmnet.physics.Geometry` (or one per sample).
         info: filled with ``iterations`` (0), ``residual`` and the ``lambda`` used.
-        lam: regularisation weight (mm^2 for the gradient regulariser), or ``"auto"`` for a
-            per-sample choice from the field's noise (:mod:`qsmnet.solvers.lam`). Default 0.03,
-            the best of {0.003, 0.01, 0.03, 0.1, 0.3} on 8 brain phantoms of
-            ``scripts/tune_solvers.py`` (48^3 at 3.5 mm, 2 seeds x noise 0.001/0.003 ppm x
-            B0 tilt 0/25 deg): mean nRMSE 52.7 %.
+        lam: regularisation weight (mm^2 for the gradient regulariser), or a chooser
+            (:mod:`qsmnet.solvers.select`): ``"auto"`` (default, = ``"model"``: the noise balance
+            times the model-error factor), ``"noise"``, ``"lcurve"``, ``"freq"`` (a k-space sweep
+            of :data:`SWEEP`, one rfftn). The former default 0.03 was the best fixed value on
+            white-noise phantoms (48^3, 3.5 mm); on realistic brains the best is 0.07-0.4
+            (``docs/regularisation.md``).
         regulariser: ``"gradient"`` (default) or ``"identity"``.
 
     Returns:
@@ -68,6 +93,22 @@ def tikhonov(
     if regulariser not in _REGULARISERS:
         raise ValueError(f"regulariser must be one of {_REGULARISERS}, got {regulariser!r}")
     p = prepare(field, mask, geometry)
-    lam_t = auto_lambda(p, regulariser) if is_auto(lam) else as_lambda(lam, p)
+    method = select.resolve(lam)
+    rec = None
+    if method == "fixed":
+        lam_t = as_lambda(lam, p)
+    elif method in ("noise", "model"):
+        lam_t = auto_lambda(p, regulariser)
+        if method == "model":
+            fac = [select.model_error_factor(sub_problem(p, b)) for b in range(p.field.shape[0])]
+            lam_t = lam_t * torch.tensor(fac, device=p.device).view(-1, 1, 1, 1, 1)
+    else:
+        lams, recs = [], []
+        for b in range(p.field.shape[0]):
+            recs.append(kspace_sweep(sub_problem(p, b), regulariser))
+            lams.append(select.choose(recs[-1], method))
+        lam_t = torch.tensor(lams, device=p.device).view(-1, 1, 1, 1, 1)
+        rec = recs[0] if len(recs) == 1 else None
     chi = p.op.filter(p.field, _filter(p, lam_t, regulariser))
-    return finish(p, chi, info, 0, **{"lambda": lambda_summary(lam_t)})
+    select.report(info, lambda_summary(lam_t), method, rec)
+    return finish(p, chi, info, 0)

@@ -1,0 +1,366 @@
+"""Choosing a solver's regularisation from a sweep of its own solutions.
+
+A *sweep* solves the problem for a decreasing sequence of regularisation weights, each solve
+warm-started from its neighbour's state (or, for iterative solvers regularised by early stopping,
+it records the solver's own iterate path), and keeps per weight: the data misfit
+``||M (A chi - f)||``, the regulariser's value and the k-space power of chi near and far from the
+magic-angle cone. Choosers then read the record:
+
+- :func:`lcurve`: the point of maximum curvature of ``(log misfit, log penalty)`` (Hansen's
+  L-curve corner), parametrised by ``log lambda``.
+- :func:`frequency_analysis`: after Milovic et al. (MRM 2021, "Comparison of parameter
+  optimization methods for QSM"): an under-regularised chi carries streaks, i.e. excess power on
+  the cone ``|D(k)| ~ 0`` where the data say nothing; an over-regularised chi has lost power
+  where the data are reliable. Over the sweep, the share of the drop of the (log) mean
+  amplitude ``|F chi|`` on the cone still to come (streaks left) is balanced against the share of
+  the drop far from the cone already done (detail lost), in a band of mid-to-high ``|k|``; the
+  crossing, interpolated in ``log lambda``, times a correction factor (:data:`FREQ_FACTOR`,
+  measured) is the weight. This is our reading of the method, not a port.
+
+A third chooser needs no sweep: ``"model"`` (the default behind ``"auto"`` for solvers with a
+weight) is the white-noise balance of :mod:`.lam` times a model-error factor
+``max(1, rho / RHO0) ** RHO_EXPONENT``, ``rho`` = :func:`cone_power`, the share of the field's
+power on the magic-angle cone, where a dipole field has none. Model error on patient data
+(background remnants, anisotropy, edge errors: 56-68 % of an in vivo field's norm) is neither
+white nor visible to the Laplacian noise estimate, but it does put power on the cone. Measured
+comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
+
+Solvers regularised by early stopping (ilsqr, ndi) use ``"freq"`` (or ``"lcurve"``) on their own
+iterate path, weight 1/k (:func:`choose_on_path`).
+
+Every solver that takes ``lam`` accepts ``"auto"`` (:data:`AUTO_METHOD`), ``"model"``,
+``"lcurve"``, ``"freq"``, ``"noise"`` (the former auto rule of :mod:`.lam`) or a number, and
+reports ``info["lambda"]`` (the weight used), ``info["lambda_method"]`` (``"fixed"``, ``"model"``,
+``"lcurve"``, ``"freq"`` or ``"noise"``) and, when a sweep ran, ``info["lambda_sweep"]`` (a list of
+``{"lambda", "misfit", "penalty", "cone", "far", "cone_ratio"}`` dicts, misfit relative to ``||M f||``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .base import Problem
+
+#: The chooser behind ``lam="auto"`` (measured in ``docs/regularisation.md``): the model-error-aware
+#: noise balance for solvers with a weight, the frequency balance on the path of early-stopped ones.
+AUTO_METHOD = "model"
+AUTO_PATH_METHOD = "freq"
+#: Choosers by name (``"noise"`` is the old white-noise balance rule, kept for comparison).
+CHOOSERS = ("model", "lcurve", "freq", "noise")
+#: Model-error correction of the noise balance: lambda x max(1, rho / RHO0) ** RHO_EXPONENT with
+#: rho = :func:`cone_power`. On the three tuning brains (60 % model error) the best lambda was
+#: 4.4-4.7x the noise balance at rho 0.23-0.32; rho is at most 0.066 on the 16 white-noise
+#: benchmark cases, where the noise balance is right (docs/regularisation.md).
+RHO0 = 0.07
+RHO_EXPONENT = 1.0
+#: Multiplier on the frequency-balance crossing: on the tuning brains (realistic model error,
+#: docs/regularisation.md) the crossing fell 2.8-3.6x above the per-case best lambda for TV and
+#: 3.3x for Tikhonov; 0.31 is the inverse of their geometric mean. Solvers may override it.
+FREQ_FACTOR = 0.31
+#: |D| below which a k-space sample counts as "on the cone", above which as "far from it".
+CONE_D, FAR_D = 0.08, 0.3
+#: The |k| band of the frequency analysis, as fractions of the smallest Nyquist frequency.
+BAND = (0.25, 0.75)
+
+
+@dataclass
+class Sweep:
+    """The record of a regularisation sweep (weights in the order solved: decreasing).
+
+    Attributes:
+        lams: regularisation weights (or, for early-stopped solvers, 1 / iteration).
+        misfit: ``||M (A chi - f)|| / ||M f||`` per weight.
+        penalty: the regulariser's value per weight (TV, ``||grad chi||^2``, ``||chi||``).
+        cone, far: mean ``|F chi|`` on the cone / far from it (same |k| band) per weight.
+        chosen: index of the chosen weight (set by :func:`choose`).
+        method: the chooser that set ``chosen``.
+        states: solver states per weight (for the warm-started final solve; not reported).
+    """
+
+    lams: list[float] = field(default_factory=list)
+    misfit: list[float] = field(default_factory=list)
+    penalty: list[float] = field(default_factory=list)
+    cone: list[float] = field(default_factory=list)
+    far: list[float] = field(default_factory=list)
+    chosen: float | None = None
+    method: str = ""
+    states: list = field(default_factory=list)
+
+    def record(self, p: Problem, lam: float, chi: torch.Tensor, penalty: float, masks) -> None:
+        """Add one weight's solution chi (1, 1, X, Y, Z) to the record."""
+        r = (p.mask * (p.op.A(chi) - p.field)).norm() / p.field.norm().clamp_min(1e-30)
+        self.lams.append(float(lam))
+        self.misfit.append(float(r))
+        self.penalty.append(float(penalty))
+        c, f = band_amplitudes(chi * p.mask, masks)
+        self.cone.append(c)
+        self.far.append(f)
+
+    def add(self, lam: float, misfit: float, penalty: float, amplitudes: tuple[float, float]) -> None:
+        """Add one weight's numbers directly (solvers that compute them in k-space)."""
+        self.lams.append(float(lam))
+        self.misfit.append(float(misfit))
+        self.penalty.append(float(penalty))
+        self.cone.append(float(amplitudes[0]))
+        self.far.append(float(amplitudes[1]))
+
+    @property
+    def cone_ratio(self) -> list[float]:
+        """Mean amplitude on the cone / far from it, per weight."""
+        return [c / max(f, 1e-30) for c, f in zip(self.cone, self.far, strict=True)]
+
+    def summary(self) -> list[dict]:
+        """The sweep for ``info["lambda_sweep"]`` (plain floats)."""
+        names = ("lambda", "misfit", "penalty", "cone", "far", "cone_ratio")
+        keys = zip(self.lams, self.misfit, self.penalty, self.cone, self.far, self.cone_ratio, strict=True)
+        return [dict(zip(names, v, strict=True)) for v in keys]
+
+    @classmethod
+    def from_summary(cls, rows: list[dict]) -> Sweep:
+        """Rebuild a sweep (without states) from :meth:`summary`."""
+        rec = cls()
+        for r in rows:
+            rec.add(r["lambda"], r["misfit"], r["penalty"], (r["cone"], r["far"]))
+        return rec
+
+
+def frequency_masks(
+    p: Problem, cone_d: float = CONE_D, far_d: float = FAR_D
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean half-spectrum masks (X, Y, Z // 2 + 1): on the cone and far from it, in the |k| band.
+
+    Built from the operator's dipole kernel ``D(k)`` (first geometry) and the physical spatial
+    frequencies (cycles/mm); the band is :data:`BAND` of the smallest Nyquist frequency.
+    """
+    g = p.op.geometries[0]
+    shape = tuple(p.op.shape)
+    freqs = [
+        torch.fft.fftfreq(n, d=v, device=p.device) for n, v in zip(shape[:2], g.voxel_size[:2], strict=True)
+    ]
+    freqs.append(torch.fft.rfftfreq(shape[2], d=g.voxel_size[2], device=p.device))
+    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
+    k = torch.sqrt(kx * kx + ky * ky + kz * kz)
+    nyq = min(0.5 / v for v in g.voxel_size)
+    band = (k >= BAND[0] * nyq) & (k <= BAND[1] * nyq)
+    d = p.op.kernel[0, 0].abs()
+    return band & (d < cone_d), band & (d > far_d)
+
+
+def cone_power(p: Problem) -> float:
+    """Share of the field's power that sits on the magic-angle cone (a model-error indicator).
+
+    A dipole field has no power where ``D(k) = 0``; noise and model error (background remnants,
+    anisotropy, edge errors) have. The ratio ``mean |F f|^2 on |D| < 0.05 / mean |F f|^2`` in
+    the |k| band :data:`BAND` (field demeaned in the mask of sample 0) is ~0.02-0.07 on clean
+    or white-noise simulations (the mask truncation leaks some dipole power onto the cone) and
+    ~0.3 on fields with in vivo-like model error (docs/regularisation.md).
+    """
+    f = p.field[0, 0].clone()
+    m = p.mask[0, 0] > 0
+    if m.sum() > 1:
+        f[m] -= f[m].mean()
+    f = f * p.mask[0, 0]
+    a = torch.fft.rfftn(f).abs().square()
+    cone, far = frequency_masks(p, cone_d=0.05, far_d=-1.0)
+    return float(a[cone].mean() / a[far].mean().clamp_min(1e-30))
+
+
+def band_amplitudes(chi: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], spectrum: bool = False):
+    """Mean ``|F chi|`` on the cone and far from it: a (cone, far) pair of floats.
+
+    Args:
+        chi: (1, 1, X, Y, Z) masked chi, or its half spectrum (X, Y, Z // 2 + 1) when ``spectrum``.
+        masks: :func:`frequency_masks`.
+    """
+    a = chi.abs() if spectrum else torch.fft.rfftn(chi[0, 0]).abs()
+    cone, far = masks
+    return float(a[cone].mean()), float(a[far].mean())
+
+
+def field_scale(p: Problem) -> float:
+    """Standard deviation (ppm) of the field inside the mask of sample 0 (TV's lambda scales with it)."""
+    v = p.field[0, 0][p.mask[0, 0] > 0]
+    return float(v.std()) if v.numel() > 1 else 1.0
+
+
+def log_grid(lo: float, hi: float, n: int) -> list[float]:
+    """``n`` log-spaced weights from ``hi`` down to ``lo`` (the order a warm-started sweep runs)."""
+    return [float(x) for x in np.logspace(math.log10(hi), math.log10(lo), int(n))]
+
+
+def curvature_corner(x: Sequence[float], y: Sequence[float]) -> int:
+    """Index of the maximum (signed) curvature of the parametric curve (x_i, y_i).
+
+    Points are in parameter order; derivatives by second-order finite differences in the index
+    (uniform log-lambda steps). The sign convention makes an L-shaped corner (x falling, y rising
+    along the parameter, or the mirror) positive; end points are never chosen.
+
+    Args:
+        x, y: coordinates (e.g. log misfit, log penalty), at least 3 points.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 3:
+        raise ValueError("an L-curve needs at least 3 points")
+    dx, dy = np.gradient(x), np.gradient(y)
+    ddx, ddy = np.gradient(dx), np.gradient(dy)
+    kappa = (dx * ddy - dy * ddx) / np.maximum((dx * dx + dy * dy) ** 1.5, 1e-30)
+    sign = 1.0 if np.sum(dx * dy) < 0 else -1.0  # orient so the L's corner is a positive bend
+    kappa = sign * np.sign(dx.mean() or 1.0) * kappa
+    kappa[[0, -1]] = -np.inf
+    return int(np.argmax(kappa))
+
+
+def lcurve(sweep: Sweep) -> float:
+    """The L-curve corner's weight: max curvature of (log misfit, log penalty) along the sweep."""
+    x = np.log(np.maximum(sweep.misfit, 1e-30))
+    y = np.log(np.maximum(sweep.penalty, 1e-30))
+    return sweep.lams[curvature_corner(x, y)]
+
+
+def frequency_analysis(sweep: Sweep, factor: float | None = None) -> float:
+    """Frequency-balance weight (module docstring), interpolated in ``log lambda``, x ``factor``.
+
+    ``U(lambda)``: the share of the sweep's drop of ``log`` cone amplitude still to come (1 at
+    the smallest weight, 0 at the largest): streak power not yet removed, under-regularisation.
+    ``O(lambda)``: the share of the drop of ``log`` far-from-cone amplitude already done (0 at
+    the smallest weight, 1 at the largest): detail lost, over-regularisation. The weight is
+    where ``U = O``. ``factor`` defaults to :data:`FREQ_FACTOR`.
+    """
+    f = FREQ_FACTOR if factor is None else float(factor)
+    lams = np.asarray(sweep.lams, float)
+    order = np.argsort(lams)
+    x = np.log(lams[order])
+    c = np.log(np.maximum(np.asarray(sweep.cone, float)[order], 1e-30))
+    g = np.log(np.maximum(np.asarray(sweep.far, float)[order], 1e-30))
+    u = (c - c[-1]) / (c[0] - c[-1]) if c[0] != c[-1] else np.zeros_like(c)
+    o = (g[0] - g) / (g[0] - g[-1]) if g[0] != g[-1] else np.ones_like(g)
+    d = u - o  # +1 at the smallest weight, -1 at the largest
+    for i in range(len(d) - 1):
+        if d[i] >= 0 > d[i + 1]:
+            t = d[i] / (d[i] - d[i + 1])
+            return float(math.exp(x[i] + t * (x[i + 1] - x[i])) * f)
+    return float(math.exp(x[int(np.argmin(np.abs(d)))]) * f)
+
+
+def choose(sweep: Sweep, method: str, freq_factor: float | None = None) -> float:
+    """Apply the chooser ``method`` (``"lcurve"`` or ``"freq"``) to a sweep; sets ``chosen``.
+
+    ``freq_factor``: the solver's calibrated multiplier on the frequency-balance weight.
+    """
+    if method == "lcurve":
+        lam = lcurve(sweep)
+    elif method == "freq":
+        lam = frequency_analysis(sweep, freq_factor)
+    else:
+        raise ValueError(f"unknown lambda chooser {method!r}: choose one of lcurve, freq")
+    sweep.chosen, sweep.method = lam, method
+    return lam
+
+
+def model_error_factor(p: Problem) -> float:
+    """The factor ``max(1, rho / RHO0) ** RHO_EXPONENT`` by which ``"model"`` raises the noise balance."""
+    return max(1.0, cone_power(p) / RHO0) ** RHO_EXPONENT
+
+
+def resolve(lam, path: bool = False) -> str:
+    """The chooser a ``lam`` argument asks for: ``"fixed"`` (a number) or a chooser name.
+
+    ``path``: the solver is regularised by early stopping (``"auto"`` is then
+    :data:`AUTO_PATH_METHOD`, and only ``"lcurve"`` / ``"freq"`` apply).
+
+    Raises:
+        ValueError: a string that names no chooser, or a non-positive number.
+    """
+    if isinstance(lam, str):
+        name = lam.lower()
+        name = (AUTO_PATH_METHOD if path else AUTO_METHOD) if name == "auto" else name
+        if path and name in ("model", "noise"):
+            raise ValueError(
+                f"an early-stopped solver chooses its stop with 'auto', 'lcurve' or 'freq', not {lam!r}"
+            )
+        if name not in CHOOSERS:
+            raise ValueError(
+                f"lambda must be a positive number or one of auto, {', '.join(CHOOSERS)}; got {lam!r}"
+            )
+        return name
+    v = float(lam)
+    if not v > 0 or not math.isfinite(v):
+        raise ValueError(f"lambda must be a positive number or 'auto', got {lam}")
+    return "fixed"
+
+
+def run_sweep(
+    p: Problem,
+    solve: Callable[[float, dict], tuple[torch.Tensor, float]],
+    lams: Sequence[float],
+) -> Sweep:
+    """Solve at each weight of ``lams`` (in order), passing one state dict along for warm starts.
+
+    Args:
+        p: the problem (batch of one).
+        solve: ``solve(lam, state) -> (chi (1, 1, X, Y, Z), penalty)``; it may read and update
+            ``state`` (a dict), e.g. :func:`qsmnet.solvers.tv.admm_tv`'s ``state``.
+        lams: weights, usually decreasing (:func:`log_grid`).
+
+    Returns:
+        the :class:`Sweep` with one state snapshot per weight.
+    """
+    masks = frequency_masks(p)
+    sweep, state = Sweep(), {}
+    for lam in lams:
+        chi, pen = solve(float(lam), state)
+        sweep.record(p, lam, chi, pen, masks)
+        sweep.states.append(dict(state))
+    return sweep
+
+
+def choose_on_path(
+    p: Problem, iterate, max_iter: int, method: str, freq_factor: float | None = None
+) -> tuple[int, Sweep]:
+    """Choose the stopping iteration of a solver regularised by early stopping.
+
+    The iterates ``chi_k`` of such a solver (CG on the normal equations, gradient descent) trace
+    a regularisation path with weight ~ 1/k; the path is recorded as a sweep over ``1/k``
+    (misfit, ``||chi_k||`` as the penalty, cone ratio) and the chooser picks k.
+
+    Args:
+        p: the problem (batch of one).
+        iterate: a generator of ``(k, chi_k)``, chi_k (1, 1, X, Y, Z), k = 1, 2, ...
+        max_iter: length of the path.
+        method: ``"lcurve"`` or ``"freq"``.
+        freq_factor: the solver's multiplier on the frequency-balance weight 1/k.
+
+    Returns:
+        (chosen iteration, the path as a :class:`Sweep`).
+    """
+    masks = frequency_masks(p)
+    sweep = Sweep()
+    for k, chi in iterate:
+        x = chi * p.mask
+        sweep.record(p, 1.0 / k, x, float(x.norm()), masks)
+        if k >= max_iter:
+            break
+    lam = choose(sweep, method, freq_factor)
+    return max(1, min(len(sweep.lams), int(round(1.0 / lam)))), sweep
+
+
+def nearest_state(sweep: Sweep, lam: float) -> dict:
+    """The sweep state of the weight nearest (in log) to ``lam`` (a copy of the dict)."""
+    i = int(np.argmin(np.abs(np.log(np.asarray(sweep.lams)) - math.log(lam))))
+    return dict(sweep.states[i])
+
+
+def report(info: dict | None, lam, method: str, sweep: Sweep | None = None, **extra) -> None:
+    """Write the stable keys ``lambda``, ``lambda_method`` (and ``lambda_sweep``) into ``info``."""
+    if info is None:
+        return
+    info["lambda"] = lam
+    info["lambda_method"] = method
+    info.update(extra)
+    if sweep is not None:
+        info["lambda_sweep"] = sweep.summary()

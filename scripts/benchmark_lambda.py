@@ -1,0 +1,240 @@
+"""Benchmark the regularisation choosers: chosen lambda vs the per-case best of a dense sweep.
+
+Per solver and case: the nRMSE of a dense warm-started lambda sweep (its minimum = the per-case
+best lambda), then each chooser (``lam="auto"``, ``"lcurve"``, ``"freq"``, ``"noise"``): the chosen
+lambda, its ratio to the best, the relative nRMSE penalty, and the time of the choice vs one
+fixed-lambda solve.
+
+Cases (combine freely):
+
+- ``--realistic SEED:SIZE:VOXEL:TILT ...``: full-size brain phantoms (``brain_phantom(scale=1)``)
+  whose field carries ``qsmnet.sim.forward.simulate``'s imperfections (background residual,
+  WM-weighted non-dipolar field, edge errors) plus white noise, rescaled so that the unexplained
+  fraction ``||f - D chi|| / ||f||`` (demeaned, in the mask) is ``--model-error`` (default 0.6)
+  with 30 % of that error energy white (the in vivo figures in ``docs/regularisation.md``);
+  VOXEL ``1`` or ``1x1x2``, TILT the B0 tilt in degrees;
+- ``--cases DIR ...``: case folders holding ``chi.nii.gz``, ``field.nii.gz``, ``mask.nii.gz``;
+- ``--benchmark DIR``: the set written by ``qsmnet simulate --benchmark``.
+
+    OMP_NUM_THREADS=2 python scripts/benchmark_lambda.py --realistic 0:160:1:0 --solvers tv tikhonov
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qsmnet.metrics import nrmse
+from qsmnet.physics import Geometry, forward_field
+from qsmnet.solvers import get_solver
+from qsmnet.solvers.base import prepare
+from qsmnet.solvers.lam import as_lambda
+
+#: dense sweep per solver: (lowest, highest, points); ilsqr / ndi sweep their iteration count.
+DENSE = {
+    "tv": (2e-5, 1e-2, 12),
+    "medi": (2e-5, 1e-2, 12),
+    "tikhonov": (1e-3, 3.0, 22),
+}
+CHOOSERS = ("auto", "lcurve", "freq", "noise")
+#: path lengths of the early-stopped solvers (their ``iterations`` defaults)
+ITERS = {"ilsqr": 60, "ndi": 200}
+
+
+def realistic_case(seed: int, size: int, voxel: str, tilt: float, model_error: float = 0.6) -> dict:
+    """A full-size brain with realistic model error (see the module docstring)."""
+    from qsmnet.sim.brain import brain_phantom
+    from qsmnet.sim.forward import simulate
+
+    vs = (1.0, 1.0, 2.0) if voxel == "1x1x2" else (float(voxel),) * 3
+    shape = (size, size, size // 2) if voxel == "1x1x2" else (size,) * 3
+    ph = brain_phantom(shape, vs, seed=seed, scale=1.0)
+    t = math.radians(tilt)
+    geom = Geometry(shape, vs, (math.sin(t) * 0.6, math.sin(t) * 0.8, math.cos(t)))
+    imp = dict(background_residual=True, nondipolar=True, edge_errors=True)
+    sim = simulate(ph.chi, ph.mask, geom, seed=seed + 100, imperfections=imp, weight=ph.info["wm_weight"])
+    mask = sim.mask
+    m = mask > 0
+    clean = forward_field(ph.chi, vs, geom.b0_dir, pad=True) * mask
+    imperf = sim.field - clean
+    white = (
+        torch.from_numpy(np.random.default_rng(seed + 200).standard_normal(shape, dtype=np.float32)) * mask
+    )
+
+    def dm(x):
+        return x[m] - x[m].mean()
+
+    # ||e||^2 = q^2/(1-q^2) ||c||^2 for a fraction q (e and c uncorrelated); 30 % of it white
+    e_norm = model_error / math.sqrt(1 - model_error**2) * float(dm(clean).norm())
+    a = math.sqrt(0.7) * e_norm / float(dm(imperf).norm())
+    b = math.sqrt(0.3) * e_norm / float(dm(white).norm())
+    field = (clean + a * imperf + b * white) * mask
+    frac = float(dm(field - clean).norm() / dm(field).norm())
+    name = f"real{seed}_{size}_{voxel}mm_tilt{tilt:g}"
+    return dict(
+        name=name,
+        chi=ph.chi * mask,
+        mask=mask,
+        field=field,
+        geom=geom,
+        frac=frac,
+        std=float(dm(field).std()),
+        noise=b * float(white[m].std()),
+    )
+
+
+def load_cases(args) -> list[dict]:
+    cases = []
+    for spec in args.realistic or []:
+        seed, size, voxel, tilt = spec.split(":")
+        cases.append(realistic_case(int(seed), int(size), voxel, float(tilt), args.model_error))
+    for d in args.cases or []:
+        from qsmnet.io import load_nifti
+
+        vols = {k: load_nifti(Path(d) / f"{k}.nii.gz", what=k) for k in ("chi", "field", "mask")}
+        t = {k: torch.from_numpy(np.ascontiguousarray(v.data, dtype=np.float32)) for k, v in vols.items()}
+        cases.append(dict(name=Path(d).name, geom=vols["field"].geometry, **t))
+    if args.benchmark:
+        from qsmnet.data.benchmark import load_benchmark
+
+        for name, s in load_benchmark(args.benchmark):
+            if args.only and not any(o in name for o in args.only):
+                continue
+            cases.append(dict(name=name, chi=s.chi[0], mask=s.mask[0], field=s.field[0], geom=s.geometry[0]))
+    return cases
+
+
+def err(chi, c) -> float:
+    return float(nrmse(chi.numpy(), c["chi"].numpy(), c["mask"].numpy()))
+
+
+def dense_sweep(solver: str, c: dict) -> list[tuple[float, float]]:
+    """(lambda or iteration count, nRMSE) over the dense grid, warm-started where possible."""
+    if solver in ("tv", "medi"):
+        from qsmnet.solvers.medi import edge_weights
+        from qsmnet.solvers.tv import admm_tv
+
+        p = prepare(c["field"], c["mask"], c["geom"])
+        tw = edge_weights(p.mask, p.mask, p.inv_voxel(), 0.3) if solver == "medi" else None
+        lo, hi, n = DENSE[solver]
+        out, state = [], {}
+        for lam in np.logspace(math.log10(hi), math.log10(lo), n):
+            chi, _ = admm_tv(
+                p, as_lambda(lam, p), iterations=40, tol=0.0, state=state, data_weight=p.mask, tv_weight=tw
+            )
+            out.append((float(lam), err((chi * p.mask)[0, 0], c)))
+        return out
+    if solver == "tikhonov":
+        lo, hi, n = DENSE[solver]
+        f = get_solver("tikhonov")
+        return [
+            (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam)), c))
+            for lam in np.logspace(math.log10(lo), math.log10(hi), n)
+        ]
+    p = prepare(c["field"], c["mask"], c["geom"])
+    if solver == "ilsqr":
+        from qsmnet.solvers.ilsqr import cg_path
+
+        path = ((k, x) for k, x, _ in cg_path(p))
+    else:
+        from qsmnet.solvers.ndi import DEFAULT_PHASE_SCALE, descent_path
+
+        path = ((k, x) for k, x, _ in descent_path(p, p.mask, DEFAULT_PHASE_SCALE, 2.0, 1e-6))
+    out = []
+    for k, x in path:
+        out.append((float(k), err((x * p.mask)[0, 0], c)))
+        if k >= ITERS[solver]:
+            return out
+
+
+def run_solver(solver: str, c: dict, choosers) -> list[dict]:
+    from qsmnet.solvers.select import cone_power
+
+    rho = cone_power(prepare(c["field"], c["mask"], c["geom"]))
+    dense = dense_sweep(solver, c)
+    best_lam, best_err = min(dense, key=lambda r: r[1])
+    f = get_solver(solver)
+    t0 = time.perf_counter()
+    x = f(c["field"], c["mask"], c["geom"], lam=best_lam) if solver in DENSE else None
+    t_one = time.perf_counter() - t0
+    rows = []
+    for ch in choosers:
+        info = {}
+        t0 = time.perf_counter()
+        x = f(c["field"], c["mask"], c["geom"], lam=ch, info=info)
+        dt = time.perf_counter() - t0
+        e = err(x, c)
+        lam = info.get("lambda") if solver in DENSE else info.get("iterations")
+        raw = None
+        if "lambda_sweep" in info:
+            from qsmnet.solvers.select import Sweep, frequency_analysis
+
+            raw = frequency_analysis(Sweep.from_summary(info["lambda_sweep"]), 1.0)
+            raw = raw if solver in DENSE else 1.0 / raw
+        rows.append(
+            dict(
+                case=c["name"],
+                solver=solver,
+                chooser=ch,
+                method=info.get("lambda_method"),
+                lam=lam,
+                best_lam=best_lam,
+                ratio=lam / best_lam if lam else None,
+                nrmse=e,
+                best_nrmse=best_err,
+                freq_raw=raw,
+                cone_power=rho,
+                penalty=e / best_err - 1,
+                seconds=dt,
+                one_solve_s=t_one,
+                dense=dense,
+            )
+        )
+        print(
+            f"{c['name']:32s} {solver:8s} {ch:7s} lam {lam:<10.3g} best {best_lam:<10.3g} "
+            f"ratio {rows[-1]['ratio']:5.2f}  nRMSE {e:6.2f} (best {best_err:6.2f}, "
+            f"{100 * (e / best_err - 1):+5.1f} %)"
+            f"  {dt:6.1f} s (one solve {t_one:5.1f} s) freq_raw {raw} rho {rho:.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--realistic", nargs="*", metavar="SEED:SIZE:VOXEL:TILT")
+    ap.add_argument("--model-error", type=float, default=0.6)
+    ap.add_argument("--cases", nargs="*", metavar="DIR")
+    ap.add_argument("--benchmark", metavar="DIR")
+    ap.add_argument("--only", nargs="*", help="benchmark cases whose name contains one of these")
+    ap.add_argument("--solvers", nargs="+", default=["tv", "tikhonov", "medi", "ilsqr", "ndi"])
+    ap.add_argument("--choosers", nargs="+", default=list(CHOOSERS))
+    ap.add_argument("--json", metavar="PATH", help="write all rows here")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    rows = []
+    for c in load_cases(args):
+        if "frac" in c:
+            print(
+                f"{c['name']}: unexplained fraction {c['frac']:.3f}, field std {c['std']:.4f} ppm, "
+                f"white noise {c['noise']:.4f} ppm",
+                flush=True,
+            )
+        for s in args.solvers:
+            chs = [ch for ch in args.choosers if s in ("tv", "medi", "tikhonov") or ch != "noise"]
+            chs = [
+                ch for ch in chs if not (ch == "freq" and "auto" in chs and s in ITERS)
+            ]  # auto is freq there
+            rows += run_solver(s, c, chs)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
