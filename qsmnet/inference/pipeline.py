@@ -281,7 +281,7 @@ def predict_file(
     }
     if "residual" in info and info["residual"] is not None:
         sidecar["residual_method"] = info["residual"]
-    for key in ("lambda", "model", "inference", "half", "refine"):
+    for key in ("lambda", "model", "inference", "half", "refine", "guard"):
         if key in info:
             sidecar[key] = info[key]
     if residual_map is not None:
