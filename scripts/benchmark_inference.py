@@ -76,10 +76,14 @@ def network_args(args, folder: Path) -> tuple[list[str], str]:
 
     if args.checkpoint:
         return ["--checkpoint", args.checkpoint], f"checkpoint {args.checkpoint}"
+    if args.method:
+        return ["--method", args.method], f"network '{args.method}'"
     if shipped_networks():
-        from qsmnet.inference import default_method
+        from qsmnet.inference.methods import PREFERRED_NETWORKS
 
-        return [], f"default network '{default_method(quiet=True)}'"
+        # the first shipped network in order of preference (the default method may be a solver)
+        name = next((n for n in PREFERRED_NETWORKS if n in shipped_networks()), shipped_networks()[0])
+        return ["--method", name], f"network '{name}'"
     path = stand_in_network(folder, UNET_CFG)
     return ["--checkpoint", str(path)], "UNTRAINED stand-in of the shipped U-Net config (no weights shipped)"
 
@@ -109,8 +113,13 @@ def speed(args) -> None:
         field, mask = write_volume(tmp, args.size)
         print(f"# simulated a {args.size}^3 brain in {time.perf_counter() - t0:.1f} s")
         net, what = network_args(args, tmp)
-        base = ["qsmnet", "predict", str(field), "--mask", str(mask), "--device", args.device, "--force"]
+        # this tree's code (python -m), not whichever `qsmnet` console script is on the PATH
+        base = [sys.executable, "-m", "qsmnet.cli.main", "predict", str(field), "--mask", str(mask),
+                "--device", args.device, "--force"]  # fmt: skip
+        net = net + [a for f in (args.flips or []) for a in ("--flips", str(f))][:2]
         runs = {"tikhonov": base + ["--method", "tikhonov"], "network": base + net}
+        for f in (args.flips or [])[1:]:
+            runs[f"flips{f}"] = [*base, *net[:-2], "--flips", str(f)]
         if args.window:
             runs["windows"] = base + net + ["--window", str(args.window)]
         res: dict[str, list] = {k: [] for k in runs}
@@ -202,6 +211,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--window", type=int, help="also run the network on sliding windows of this edge")
     p.add_argument("--checkpoint", help="network weights standing in for the default network")
+    p.add_argument("--method", help="shipped network to time (default: the first shipped, by preference)")
+    p.add_argument("--flips", type=int, nargs="+", help="flip counts to time (the first is 'network')")
     p.add_argument("--phantom", action="store_true", help="accuracy vs TV on the fixed benchmark instead")
     p.add_argument("--brains", type=int, nargs="+", default=[1, 2])
     p.add_argument("--noise", default="low", choices=("low", "high"))

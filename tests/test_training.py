@@ -189,3 +189,21 @@ def test_stop_file_ends_training_and_checkpoints_export(tmp_path):
     with pytest.raises(ValueError, match="no run config"):
         torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
         export_checkpoint(tmp_path / "bare.ckpt")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_smoke_two_steps_every_experiment(experiment, tmp_path):
+    """``debug=smoke``: the experiment's own model and data recipe, tiny data, two training steps."""
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", "debug=smoke"])
+    own = make_cfg(tmp_path, [f"experiment={experiment}"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss_step"]))
+    assert 0 < metrics["val/nrmse"] < 1000
+    net, meta = mio.load_network(tmp_path / "weights" / cfg.name)
+    assert meta["steps"] == 2
+    assert meta["model"]["_target_"] == own.model._target_
+    n_own = sum(p.numel() for p in mio.build_network(own.model).parameters())
+    assert sum(p.numel() for p in net.parameters()) == n_own  # the experiment's model, not a tiny one
+    if "volumes" in cfg.data.train:  # precomputed: the cache sits under the run, sized by smoke
+        assert meta["train_config"]["data"]["train"]["volumes"] == cfg.smoke.volumes
+        assert (tmp_path / "cache").is_dir()

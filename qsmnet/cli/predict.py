@@ -98,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--refine", type=int, metavar="N", help="N Adam steps of test-time data-consistency tuning"
     )
     n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
+    n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
+                   "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
     n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
                    help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
     parser.add_argument(
@@ -173,6 +175,10 @@ def run(args) -> int:
     if args.refine is not None and args.refine < 0:
         raise QSMNetError(f"--refine must be >= 0, got {args.refine}")
     method = args.checkpoint or args.method
+    if args.fallback:
+        from qsmnet.inference.guard import guarded
+
+        method = guarded(method, args.fallback)
     batch = [x for x in (args.list_file, args.bids) if x]
     common = dict(units=args.units, b0=args.b0, te=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir,
                   magnitude_path=args.magnitude, device=args.device, force=args.force)  # fmt: skip

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +62,13 @@ def _make_volume(spec: dict, indices: Sequence[int], folder: str, threads: int) 
                     "noise_std": float(s.meta.get("noise_std") or 0.0)}, tmp)
         os.replace(tmp, path)
 
+
+
+def _bar(items, desc: str, enabled: bool, total: int | None = None):
+    """A tqdm progress bar on stderr (disabled when ``enabled`` is false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, disable=not enabled, unit="vol", dynamic_ncols=True)
 
 class PrecomputedDataset(Dataset):
     """Patches (or whole volumes) of simulated samples with a cached initial estimate.
@@ -166,7 +174,7 @@ class PrecomputedDataset(Dataset):
         from qsmnet.models.io import load_network
 
         net, _ = load_network(self.base)
-        for i in todo:
+        for i in _bar(todo, f"{self.base} answers", progress):
             d = self._load(i, base=False)
             geom = Geometry(tuple(d["field"].shape[-3:]), tuple(d["voxel_size"]), tuple(d["b0_dir"]))
             est = base_answer(net, d["field"][None], d["mask"][None].float(), geom, d["init"][None],
@@ -208,6 +216,11 @@ class PrecomputedDataset(Dataset):
         code = "from qsmnet.data.precomputed import worker_main; worker_main()"
         procs = [subprocess.Popen([sys.executable, "-c", code, str(self.folder), ",".join(str(i) for i in c)])
                  for c in chunks]
+        with _bar(None, f"{self.spec['init']} volumes", progress, total=len(todo)) as bar:
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                bar.update(len(todo) - len(self.missing()) - bar.n)
+            bar.update(len(todo) - len(self.missing()) - bar.n)
         codes = [p.wait() for p in procs]
         if any(codes) or self.missing():
             raise RuntimeError(f"precomputing volumes into {self.folder} failed (exit codes {codes})")

@@ -92,7 +92,8 @@ def train(cfg) -> dict[str, float]:
     Config keys used (see ``qsmnet/conf/train.yaml``): ``seed``, ``data``, ``model``, ``loss``,
     ``optimizer``, ``scheduler``, ``scheduler_interval``, ``trainer``, ``callbacks``, ``logger``,
     ``init_from`` (shipped weights name or path to start from), ``ckpt_path`` (Lightning checkpoint
-    to resume the whole training state from), ``test``, ``name``, ``paths.output_dir``, ``export_to``.
+    to resume the whole training state from), ``test``, ``name``, ``paths.output_dir``, ``export_to``,
+    ``smoke`` (``debug=smoke``: tiny data, see :mod:`qsmnet.training.smoke`).
     """
     import lightning as L
     from hydra.utils import instantiate
@@ -106,6 +107,10 @@ def train(cfg) -> dict[str, float]:
         L.seed_everything(int(cfg.seed), workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.get("smoke"):
+        from .smoke import shrink_data
+
+        shrink_data(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     # Plain containers (not DictConfig) in the hyperparameters keep checkpoints weights_only-loadable.
