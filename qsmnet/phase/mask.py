@@ -30,14 +30,17 @@ def brain_mask(
     *,
     threshold: float | None = None,
     threshold_scale: float = 1.0,
+    max_fraction: float = 0.2,
     smooth_mm: float = 1.0,
     open_mm: float = 1.0,
     erode_mm: float = 0.0,
 ) -> torch.Tensor:
     """Signal mask from a magnitude image (see the module docstring for what it covers).
 
-    Steps: root-sum-of-squares over echoes; Gaussian smoothing (``smooth_mm``); threshold (Otsu's,
-    times ``threshold_scale``, unless ``threshold`` is given); opening with a ball of ``open_mm``
+    Steps: root-sum-of-squares over echoes; Gaussian smoothing (``smooth_mm``); threshold (unless
+    ``threshold`` is given, the lower of Otsu's times ``threshold_scale`` and ``max_fraction`` of
+    the 99th percentile: Otsu's alone splits the tissue of an image without background, e.g. a
+    crop inside the brain, and sits high in dim tissue); opening with a ball of ``open_mm``
     (detaches thin bridges and speckle); the largest connected component; hole filling (3D, then
     slice by slice along each axis, for holes open at the volume's edge); erosion by ``erode_mm``.
 
@@ -46,6 +49,7 @@ def brain_mask(
         voxel_size: voxel size (mm).
         threshold: absolute threshold on the combined, smoothed magnitude (default: Otsu's).
         threshold_scale: factor on Otsu's threshold (< 1 keeps darker tissue).
+        max_fraction: cap of the threshold as a fraction of the 99th percentile.
         smooth_mm: std (mm) of the Gaussian smoothing before thresholding (0: none).
         open_mm: radius (mm) of the opening ball (0: none).
         erode_mm: radius (mm) of a final erosion (0: none).
@@ -69,7 +73,10 @@ def brain_mask(
     a = np.nan_to_num(a)
     if smooth_mm > 0:
         a = ndimage.gaussian_filter(a, [smooth_mm / v for v in voxel_size])
-    t = float(threshold) if threshold is not None else float(threshold_otsu(a)) * float(threshold_scale)
+    if threshold is not None:
+        t = float(threshold)
+    else:
+        t = min(float(threshold_otsu(a)) * threshold_scale, max_fraction * float(np.percentile(a, 99)))
     mask = a > t
     if open_mm > 0:
         mask = ndimage.binary_opening(mask, _ball(open_mm, voxel_size))
