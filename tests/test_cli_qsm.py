@@ -184,3 +184,29 @@ def test_qsm_bids(case, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert len(rep["files"]["phase"]) == 3 and rep["inputs"]["te_s"] == list(TE)
     assert "1 of 1 run(s) processed" in capsys.readouterr().out
+
+
+def test_run_qsm_pdf_single_echo_and_checks(case):
+    from qsmnet.errors import QSMNetError
+    from qsmnet.inference import run_qsm
+    from qsmnet.io import load_nifti
+
+    p, _, inside, _ = case
+    ph, mg = load_nifti(p["phase"]), load_nifti(p["mag"])
+    phase, mag, g = np.moveaxis(ph.data, -1, 0), np.moveaxis(mg.data, -1, 0), ph.geometry
+    r = run_qsm(
+        phase, mag, TE, 3.0, g, mask=inside, bfr="pdf", method="tkd", bfr_params={"pad": 8, "iterations": 20}
+    )
+    bg = r.report["steps"][2]
+    assert bg["function"] == "qsmnet.phase.pdf" and bg["iterations"] > 0 and torch.equal(r.mask, r.brain_mask)
+    one = run_qsm(
+        phase[:1], mag[:1], TE[:1], 3.0, g, mask=inside, method="tkd", bfr_params={"radii_mm": (3.0,)}
+    )
+    both = (one.mask & r.mask).numpy()
+    diff = (one.total_field.numpy() - r.total_field.numpy())[both]
+    # one echo cannot tell the receiver offset (0.4 rad at TE1 = 0.125 ppm) from the field
+    assert abs(diff.mean() - 0.4 / (2 * np.pi * 42.577478 * 3.0 * TE[0])) < 0.01 and diff.std() < 0.01
+    with pytest.raises(QSMNetError, match="unknown unwrapping"):
+        run_qsm(phase, mag, TE, 3.0, g, unwrap="nope")
+    with pytest.raises(QSMNetError, match="does not match the geometry"):
+        run_qsm(phase, mag, TE, 3.0, g.with_(shape=(5, 5, 5)))
