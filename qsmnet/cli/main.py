@@ -21,7 +21,7 @@ import sys
 from qsmnet import __version__
 
 #: Subcommands in the order ``--help`` lists them; a module that does not exist yet is skipped.
-SUBCOMMANDS = ("info", "predict", "methods", "simulate", "compare", "demo")
+SUBCOMMANDS = ("info", "predict", "qsm", "methods", "simulate", "compare", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

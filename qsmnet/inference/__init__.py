@@ -6,7 +6,9 @@
   :func:`default_method` (the best shipped network, else ``tv``): :mod:`.methods`;
 - :class:`NetworkMethod`: a loaded network answering the method call, with sliding windows,
   half precision and test-time refinement: :mod:`.network`, :mod:`.windows`, :mod:`.refine`;
-- :func:`predict_file` (NIfTI in, chi NIfTI + sidecar out) and :func:`predict_many`.
+- :func:`predict_file` (NIfTI in, chi NIfTI + sidecar out) and :func:`predict_many`;
+- :func:`run_qsm` (wrapped multi-echo phase -> chi with a report) and :func:`qsm_files` (its
+  file-level form): :mod:`.qsm`, :mod:`.qsm_files`.
 
 ``DEFAULT_METHOD`` is the name :func:`default_method` gives, read when accessed (it changes when
 network weights are shipped), without the note on stderr.
@@ -19,12 +21,15 @@ from .contract import Method, Result
 from .methods import PREFERRED_NETWORKS, default_method, get_method, load_method, method_names, method_table
 from .network import NetworkMethod
 from .pipeline import predict_file, resolve_device
+from .qsm import QSMResult, run_qsm
+from .qsm_files import qsm_files
 
 __all__ = [
     "DEFAULT_METHOD",
     "PREFERRED_NETWORKS",
     "Method",
     "NetworkMethod",
+    "QSMResult",
     "Result",
     "Subject",
     "default_method",
@@ -35,8 +40,10 @@ __all__ = [
     "method_table",
     "predict_file",
     "predict_many",
+    "qsm_files",
     "read_subject_list",
     "resolve_device",
+    "run_qsm",
 ]
 
 
