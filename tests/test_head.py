@@ -193,3 +193,28 @@ def test_cli_simulate_head(tmp_path):
     p = json.loads((out / "params.json").read_text())
     assert p["EchoTime"] == [0.005, 0.01, 0.015] and p["MagneticFieldStrength"] == 3.0
     assert p["Pathology"] is True
+
+
+def test_benchmark_v2_small(tmp_path):
+    from qsmnet.data import load_benchmark
+    from qsmnet.sim._vsharp import vsharp
+    from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+
+    path = make_benchmark_v2(
+        tmp_path,
+        vsharp,
+        head_shape=(47, 57, 47),
+        head_mm=4.0,
+        hires_shape=(31, 31, 31),
+        hires_mm=3.0,
+        tiers=("realistic", "hires"),
+    )
+    man = json.loads(path.read_text())
+    assert len(man["cases"]) == 7 and {e["tier"] for e in man["cases"].values()} == {"realistic", "hires"}
+    cases = dict(load_benchmark(tmp_path))
+    s = cases["head1_axial_1x1x2"]
+    assert s.geometry[0].voxel_size == pytest.approx((4, 4, 8), abs=1e-4)
+    assert cases["head1_oblique45_1mm"].geometry[0].tilt_deg == pytest.approx(45.0, abs=1e-3)
+    for name, e in man["cases"].items():
+        assert 0.0 < e["unexplained"] < 1.5, name
+        assert float(cases[name].mask.sum()) > 0

@@ -89,6 +89,11 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="write the fixed seeded benchmark set (all other options but -o are ignored)",
     )
+    parser.add_argument(
+        "--benchmark-v2",
+        action="store_true",
+        help="write benchmark v2 (clean + real-size heads, pathology, 0.6 mm; data/README.md; minutes)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
@@ -115,6 +120,14 @@ def run(args) -> int:
     from qsmnet.sim.benchmark import make_benchmark, write_case
 
     out = Path(args.out)
+    if args.benchmark_v2:
+        from qsmnet.sim._vsharp import vsharp  # stand-in until qsmnet.phase.vsharp is merged
+        from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+
+        path = make_benchmark_v2(out, vsharp, force=args.force, progress=lambda m: print(m, flush=True))
+        n = len(json.loads(path.read_text())["cases"])
+        print(f"benchmark v2: {n} cases, manifest {path}")
+        return 0
     if args.benchmark:
         path = make_benchmark(out, force=args.force, progress=lambda m: print(m, flush=True))
         n = len(json.loads(path.read_text())["cases"])
