@@ -217,7 +217,7 @@ def _run_head(args, out, geom) -> int:
     import numpy as np
 
     from qsmnet.errors import QSMNetError
-    from qsmnet.sim.acquire import DEFAULT_TE, acquire, block_mean, head_fields
+    from qsmnet.sim.acquire import DEFAULT_SNR, DEFAULT_TE, acquire, block_mean, head_fields
     from qsmnet.sim.benchmark import write_case
     from qsmnet.sim.head import head_phantom
 
@@ -236,7 +236,7 @@ def _run_head(args, out, geom) -> int:
     rng = np.random.default_rng(args.seed)
     ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0)
     total, local = head_fields(ph, fine_vs, geom.b0_dir)
-    snr = 100.0 if args.snr is None else float(args.snr)
+    snr = DEFAULT_SNR if args.snr is None else float(args.snr)
     acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
     mask = (block_mean(ph.mask, factors) >= 0.5).float()
     m = mask > 0

@@ -26,6 +26,9 @@ from .tensor import moment_field, tensor_moment
 from .textures import smooth_random_field
 
 DEFAULT_TE = (0.004, 0.009, 0.014, 0.019, 0.024)
+#: 1 / noise std of the complex signal (M0 = 1 at TE 0); 30 brings the residual of the realistic
+#: tier near the real field's (docs/realism.md).
+DEFAULT_SNR = 30.0
 
 
 def head_fields(
@@ -39,6 +42,9 @@ def head_fields(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Total and local field (ppm) of a head phantom on its grid.
 
+    ``anisotropy``: include the WM tensor anisotropy; ``micro``: include the non-convolutional
+    offsets (hollow cylinder and texture).
+
     Returns:
         total: (X, Y, Z) field of the whole head in air (+ the offset), ppm, defined up to a constant.
         local: (X, Y, Z) field of the brain's chi alone (+ the offset), demeaned in the brain mask,
@@ -46,7 +52,7 @@ def head_fields(
     """
     aniso = ph.aniso if anisotropy else None
     fib = ph.fibre if anisotropy else None
-    off = microstructure_offset(ph.wm, ph.fibre, b0_dir, ph.micro_ppm) if micro else 0.0
+    off = microstructure_offset(ph.wm, ph.fibre, b0_dir, ph.micro_ppm) + ph.offset if micro else 0.0
     total = (
         moment_field(tensor_moment(ph.chi - CHI_AIR, b0_dir, aniso, fib), voxel_size, b0_dir, dtype=dtype)
         + off
@@ -98,7 +104,7 @@ def acquire(
     *,
     te: Sequence[float] = DEFAULT_TE,
     b0: float = 3.0,
-    snr: float = 100.0,
+    snr: float = DEFAULT_SNR,
     factors: Sequence[int] = (1, 1, 1),
 ) -> Acquisition:
     """Multi-echo gradient-echo signal of a total field (see the module docstring).

@@ -36,12 +36,12 @@ import torch
 
 from qsmnet.physics import Geometry, forward_field
 
-from .acquire import acquire, block_mean, head_fields
+from .acquire import DEFAULT_SNR, acquire, block_mean, head_fields
 from .benchmark import data_sha256, make_benchmark, write_case
 from .head import head_phantom
 
 BENCHMARK_V2_SEED = 20261202
-SNR = 100.0
+SNR = DEFAULT_SNR
 HEAD_SHAPE = (192, 224, 192)
 TILTS = {"axial": 0.0, "oblique20": 20.0, "oblique30": 30.0, "oblique45": 45.0}
 #: (phantom, orientation, voxel key) per case of the realistic and pathology tiers.
