@@ -65,7 +65,9 @@ def main(argv=None):
     _, iso = head_fields(ph, vs, b0, anisotropy=False, micro=False)
     rows["head, scalar chi, no noise"] = unexplained(iso, ph.brain_chi, ph.mask, vs, b0)
     total, local = head_fields(ph, vs, b0)
-    rows["head, + anisotropy + hollow cylinder"] = unexplained(local, ph.brain_chi, ph.mask, vs, b0)
+    rows["head, + anisotropy, hollow cylinder, texture offset"] = unexplained(
+        local, ph.brain_chi, ph.mask, vs, b0
+    )
     acq = acquire(total, ph.m0, ph.r2star, vs, rng, snr=a.snr)
     loc, er = _vsharp(acq.field, ph.mask, vs)
     rows[f"realistic: echo fit (SNR {a.snr:g}) + V-SHARP"] = unexplained(loc, ph.brain_chi, er, vs, b0)

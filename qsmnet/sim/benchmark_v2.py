@@ -36,7 +36,7 @@ import torch
 
 from qsmnet.physics import Geometry, forward_field
 
-from .acquire import DEFAULT_SNR, acquire, block_mean, head_fields
+from .acquire import DEFAULT_SNR, DEFAULT_TE, acquire, block_mean, head_fields
 from .benchmark import data_sha256, make_benchmark, write_case
 from .head import head_phantom
 
@@ -115,17 +115,11 @@ def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng) -> 
     extra = {
         "noise_std_ppm": float(noise.std()),
         "snr": SNR,
-        "te_s": list(acq_te()),
+        "te_s": list(DEFAULT_TE),
         "unexplained": unexplained_fraction(arrays["field"], arrays["chi"], arrays["mask"], geom),
         "phantom_seed": phantom_seed,
     }
     return arrays, geom, extra
-
-
-def acq_te() -> tuple[float, ...]:
-    from .acquire import DEFAULT_TE
-
-    return DEFAULT_TE
 
 
 def make_benchmark_v2(
