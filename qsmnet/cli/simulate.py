@@ -9,25 +9,91 @@ _IMPERFECTIONS = ("background_residual", "nondipolar", "edge_errors", "external_
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--phantom", choices=("shapes", "brain"), default="brain", help="phantom kind")
-    parser.add_argument("--shape", type=int, nargs="+", default=[96, 112, 96], metavar="N",
-                        help="grid size in voxels: one number or three (default 96 112 96)")
-    parser.add_argument("--voxel-size", type=float, nargs="+", default=[1.0], metavar="MM",
-                        help="voxel size in mm: one number or three (default 1)")
-    parser.add_argument("--b0-dir", type=float, nargs=3, default=[0.0, 0.0, 1.0], metavar=("X", "Y", "Z"),
-                        help="B0 direction in voxel axes (default 0 0 1); written as a rotated affine")
+    parser.add_argument(
+        "--phantom",
+        choices=("shapes", "brain", "head"),
+        default="brain",
+        help="phantom kind; head: a real-size head with multi-echo phase (docs/realism.md)",
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="grid size in voxels: one number or three (default 96 112 96; head: 192 224 192 "
+        "mm / voxel size)",
+    )
+    parser.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="MM",
+        help="voxel size in mm: one number or three (default 1)",
+    )
+    parser.add_argument(
+        "--b0-dir",
+        type=float,
+        nargs=3,
+        default=[0.0, 0.0, 1.0],
+        metavar=("X", "Y", "Z"),
+        help="B0 direction in voxel axes (default 0 0 1); written as a rotated affine",
+    )
     noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("--snr", type=float, default=None,
-                       help="noise std = std of the noiseless field inside the mask / SNR")
-    noise.add_argument("--noise-std", type=float, default=0.0, metavar="PPM",
-                       help="noise std in ppm (default 0)")
-    parser.add_argument("--imperfection", action="append", default=[], choices=_IMPERFECTIONS,
-                        help="add an imperfection of real data (repeatable)")
-    parser.add_argument("--scale", default="fit",
-                        help="brain size: 'fit' (fill the field of view, at most real size) or a factor")
+    noise.add_argument(
+        "--snr", type=float, default=None, help="noise std = std of the noiseless field inside the mask / SNR"
+    )
+    noise.add_argument(
+        "--noise-std", type=float, default=0.0, metavar="PPM", help="noise std in ppm (default 0)"
+    )
+    parser.add_argument("--b0", type=float, default=3.0, metavar="T", help="head: field strength (default 3)")
+    parser.add_argument(
+        "--te",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="head: echo times in s (default 0.004 0.009 0.014 0.019 0.024)",
+    )
+    parser.add_argument(
+        "--tilt",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="B0 tilted by DEG about the voxel i axis (instead of --b0-dir)",
+    )
+    parser.add_argument("--pathology", action="store_true", help="head: add a haemorrhage")
+    parser.add_argument(
+        "--sim-voxel",
+        type=float,
+        default=1.0,
+        metavar="MM",
+        help="head: simulate on voxels of at most MM, then average (default 1)",
+    )
+    parser.add_argument(
+        "--imperfection",
+        action="append",
+        default=[],
+        choices=_IMPERFECTIONS,
+        help="add an imperfection of real data (repeatable)",
+    )
+    parser.add_argument(
+        "--scale",
+        default="fit",
+        help="brain size: 'fit' (fill the field of view, at most real size) or a factor",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--benchmark", action="store_true",
-                        help="write the fixed seeded benchmark set (all other options but -o are ignored)")
+    parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="write the fixed seeded benchmark set (all other options but -o are ignored)",
+    )
+    parser.add_argument(
+        "--benchmark-v2",
+        action="store_true",
+        help="write benchmark v2 (clean + real-size heads, pathology, 0.6 mm; data/README.md; minutes)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
@@ -54,13 +120,32 @@ def run(args) -> int:
     from qsmnet.sim.benchmark import make_benchmark, write_case
 
     out = Path(args.out)
+    if args.benchmark_v2:
+        from qsmnet.sim._vsharp import vsharp  # stand-in until qsmnet.phase.vsharp is merged
+        from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+
+        path = make_benchmark_v2(out, vsharp, force=args.force, progress=lambda m: print(m, flush=True))
+        n = len(json.loads(path.read_text())["cases"])
+        print(f"benchmark v2: {n} cases, manifest {path}")
+        return 0
     if args.benchmark:
         path = make_benchmark(out, force=args.force, progress=lambda m: print(m, flush=True))
         n = len(json.loads(path.read_text())["cases"])
         print(f"benchmark set: {n} cases, manifest {path}")
         return 0
-    shape = _triple(args.shape, "shape", int)
     vs = _triple(args.voxel_size, "voxel-size", float)
+    if args.shape is None:
+        from qsmnet.sim.head import DEFAULT_HEAD_SHAPE
+
+        shape = (
+            tuple(int(round(n / v)) for n, v in zip(DEFAULT_HEAD_SHAPE, vs, strict=True))
+            if args.phantom == "head"
+            else (96, 112, 96)
+        )
+    else:
+        shape = _triple(args.shape, "shape", int)
+    if args.tilt is not None:
+        args.b0_dir = [0.0, math.sin(math.radians(args.tilt)), math.cos(math.radians(args.tilt))]
     if min(shape) < 3 or max(shape) > 512:
         raise QSMNetError(f"--shape must be between 3 and 512 voxels per axis, got {shape}")
     if not all(math.isfinite(v) and 0 < v <= 10 for v in vs):
@@ -84,6 +169,8 @@ def run(args) -> int:
     for name in ("chi", "field", "mask", "labels"):
         if (out / f"{name}.nii.gz").exists() and not args.force:
             raise QSMNetError(f"{out / (name + '.nii.gz')} already exists (use --force to overwrite)")
+    if args.phantom == "head":
+        return _run_head(args, out, geom)
     rng = np.random.default_rng(args.seed)
     if args.phantom == "brain":
         from qsmnet.sim.brain import brain_phantom
@@ -93,16 +180,102 @@ def run(args) -> int:
         ph = shapes_phantom(shape, vs, rng)
     imp = {k: True for k in args.imperfection}
     weight = (ph.info or {}).get("wm_weight")
-    sim = simulate(ph.chi, ph.mask, geom, rng, noise_std=args.noise_std, snr=args.snr, imperfections=imp,
-                   weight=weight)
-    arrays = {"chi": ph.chi, "field": sim.field, "mask": sim.mask, "labels": ph.labels,
-              "phase": sim.phase, "magnitude": sim.magnitude}
-    info = {"Phantom": args.phantom, "Seed": args.seed, "NoiseStd_ppm": sim.noise_std, "SNR": args.snr,
-            "Imperfections": sorted(imp),
-            "ChiReference": "CSF = 0" if args.phantom == "brain" else "zero mean"}
+    sim = simulate(
+        ph.chi, ph.mask, geom, rng, noise_std=args.noise_std, snr=args.snr, imperfections=imp, weight=weight
+    )
+    arrays = {
+        "chi": ph.chi,
+        "field": sim.field,
+        "mask": sim.mask,
+        "labels": ph.labels,
+        "phase": sim.phase,
+        "magnitude": sim.magnitude,
+    }
+    info = {
+        "Phantom": args.phantom,
+        "Seed": args.seed,
+        "NoiseStd_ppm": sim.noise_std,
+        "SNR": args.snr,
+        "Imperfections": sorted(imp),
+        "ChiReference": "CSF = 0" if args.phantom == "brain" else "zero mean",
+    }
     if sim.te:
         info.update({"EchoTime_s": list(sim.te), "MagneticFieldStrength_T": 3.0})
     files = write_case(out, arrays, geom, info, force=args.force)
-    print(f"wrote {', '.join(files.values())} to {out} (noise std {sim.noise_std:.5f} ppm, "
-          f"tilt {geom.tilt_deg:.1f} deg)")
+    print(
+        f"wrote {', '.join(files.values())} to {out} (noise std {sim.noise_std:.5f} ppm, "
+        f"tilt {geom.tilt_deg:.1f} deg)"
+    )
+    return 0
+
+
+def _run_head(args, out, geom) -> int:
+    """Whole head: simulate on a grid of <= 1 mm voxels, complex-average onto the acquisition grid."""
+    import json
+    import math
+
+    import numpy as np
+
+    from qsmnet.errors import QSMNetError
+    from qsmnet.sim.acquire import DEFAULT_SNR, DEFAULT_TE, acquire, block_mean, head_fields
+    from qsmnet.sim.benchmark import write_case
+    from qsmnet.sim.head import head_phantom
+
+    te = tuple(args.te) if args.te else DEFAULT_TE
+    if not all(math.isfinite(t) and 0 < t < 1 for t in te):
+        raise QSMNetError(f"--te must be echo times in seconds in (0, 1), got {list(te)}")
+    if not (math.isfinite(args.b0) and args.b0 > 0):
+        raise QSMNetError(f"--b0 must be a positive field strength in T, got {args.b0}")
+    names = ("phase", "mag", "brainmask", "truth_chi", "truth_localfield", "totalfield")
+    for n in names:
+        if (out / f"{n}.nii.gz").exists() and not args.force:
+            raise QSMNetError(f"{out / (n + '.nii.gz')} already exists (use --force to overwrite)")
+    factors = tuple(max(1, int(round(v / args.sim_voxel))) for v in geom.voxel_size)
+    fine_vs = tuple(v / f for v, f in zip(geom.voxel_size, factors, strict=True))
+    fine_shape = tuple(n * f for n, f in zip(geom.shape, factors, strict=True))
+    rng = np.random.default_rng(args.seed)
+    ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0)
+    total, local = head_fields(ph, fine_vs, geom.b0_dir)
+    snr = DEFAULT_SNR if args.snr is None else float(args.snr)
+    acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
+    mask = (block_mean(ph.mask, factors) >= 0.5).float()
+    m = mask > 0
+    loc = block_mean(local, factors)
+    loc = (loc - loc[m].mean()) * mask
+    tot = block_mean(total, factors)
+    arrays = {
+        "phase": acq.phase,
+        "mag": acq.magnitude,
+        "brainmask": mask,
+        "truth_chi": block_mean(ph.chi, factors),
+        "truth_localfield": loc,
+        "totalfield": tot - tot[m].mean(),
+    }
+    params = {
+        "EchoTime": list(te),
+        "MagneticFieldStrength": float(args.b0),
+        "Phantom": "head",
+        "Seed": args.seed,
+        "SNR": snr,
+        "VoxelSize_mm": list(geom.voxel_size),
+        "SimulatedVoxelSize_mm": list(fine_vs),
+        "B0Dir_voxel": list(geom.b0_dir),
+        "TiltDeg": round(geom.tilt_deg, 6),
+        "Pathology": bool(args.pathology),
+        "Values_ppm": ph.info["head_values_ppm"],
+        "ChiReference": "water (CSF) = 0; air +9.4",
+        "PhaseUnits": "rad (wrapped)",
+        "FieldUnits": "ppm",
+    }
+    write_case(out, arrays, geom, {"Phantom": "head", "Seed": args.seed}, force=args.force)
+    from pathlib import Path
+
+    from qsmnet.io.nifti import _atomic_write
+
+    text = json.dumps(params, indent=2) + "\n"
+    _atomic_write(out / "params.json", lambda tmp: Path(tmp).write_text(text))
+    print(
+        f"wrote {', '.join(n + '.nii.gz' for n in names)} and params.json to {out} "
+        f"({len(te)} echoes, {args.b0:g} T, tilt {geom.tilt_deg:.1f} deg, SNR {snr:g})"
+    )
     return 0

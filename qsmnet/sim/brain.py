@@ -131,7 +131,8 @@ def brain_phantom(
 
     Returns:
         :class:`Phantom` with chi (ppm, 0 outside the brain), the brain mask, int16 labels and
-        ``info`` holding the drawn values and ``wm_weight`` (the WM fraction, for anisotropy).
+        ``info`` holding the drawn values, ``wm_weight`` (the WM fraction, for anisotropy) and
+        ``template_mm`` ((X, Y, Z, 3) MNI coordinates, mm, of every voxel: the head is built on it).
     """
     rng = as_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -237,7 +238,8 @@ def brain_phantom(
             chi[sel] = values[kind] * float(rng.uniform(0.8, 1.2))
             labels[sel] = LABELS[kind]
     chi = chi * mask
-    info = {"phantom": "brain", "scale": s, "values_ppm": values, "n_veins": nv, **counts, "wm_weight": wm}
+    info = {"phantom": "brain", "scale": s, "values_ppm": values, "n_veins": nv, **counts, "wm_weight": wm,
+            "template_mm": p}
     return Phantom(chi=chi.contiguous(), mask=mask, labels=labels, info=info)
 
 

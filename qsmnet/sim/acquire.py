@@ -1,0 +1,151 @@
+"""Whole-head fields and a multi-echo acquisition of them.
+
+:func:`head_fields` gives, on the phantom's (fine) grid, the total field of the whole head (the
+anisotropic tensor of every tissue, in air: the field of ``chi - CHI_AIR`` zero-padded, so the
+air continues beyond the grid), plus the hollow-cylinder offset, and the local field (the brain's
+sources alone, same non-dipolar parts). :func:`acquire` turns the total field into the complex
+multi-echo signal (M0, R2*, a smooth receiver phase, the field), averages it over blocks of fine
+voxels onto the acquisition grid (complex averaging: intravoxel dephasing included), adds complex
+Gaussian noise of std ``1 / snr`` (signal of CSF at TE 0 is 1) and returns wrapped phase and
+magnitude, plus the field an ideal multi-echo fit would give (temporal unwrapping by the true
+field, weighted least squares through the known receiver phase).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qsmnet.physics import ppm_to_rad, rad_to_ppm
+
+from .head import CHI_AIR, HeadPhantom, microstructure_offset
+from .tensor import moment_field, tensor_moment
+from .textures import smooth_random_field
+
+DEFAULT_TE = (0.004, 0.009, 0.014, 0.019, 0.024)
+#: 1 / noise std of the complex signal (M0 = 1 at TE 0); 30 brings the residual of the realistic
+#: tier near the real field's (docs/realism.md).
+DEFAULT_SNR = 30.0
+
+
+def head_fields(
+    ph: HeadPhantom,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    *,
+    anisotropy: bool = True,
+    micro: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total and local field (ppm) of a head phantom on its grid.
+
+    ``anisotropy``: include the WM tensor anisotropy; ``micro``: include the non-convolutional
+    offsets (hollow cylinder and texture).
+
+    Returns:
+        total: (X, Y, Z) field of the whole head in air (+ the offset), ppm, defined up to a constant.
+        local: (X, Y, Z) field of the brain's chi alone (+ the offset), demeaned in the brain mask,
+            zero outside it.
+    """
+    aniso = ph.aniso if anisotropy else None
+    fib = ph.fibre if anisotropy else None
+    off = microstructure_offset(ph.wm, ph.fibre, b0_dir, ph.micro_ppm) + ph.offset if micro else 0.0
+    total = (
+        moment_field(tensor_moment(ph.chi - CHI_AIR, b0_dir, aniso, fib), voxel_size, b0_dir, dtype=dtype)
+        + off
+    )
+    local = (
+        moment_field(tensor_moment(ph.brain_chi, b0_dir, aniso, fib), voxel_size, b0_dir, dtype=dtype) + off
+    )
+    m = ph.mask > 0
+    local = (local - local[m].mean()) * ph.mask
+    return total, local
+
+
+def block_mean(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """Average (..., X, Y, Z) over blocks of ``factors`` voxels (trailing remainders dropped)."""
+    f = [int(v) for v in factors]
+    if f == [1, 1, 1]:
+        return x
+    n = [s // k for s, k in zip(x.shape[-3:], f, strict=True)]
+    y = x[..., : n[0] * f[0], : n[1] * f[1], : n[2] * f[2]]
+    y = y.reshape(*x.shape[:-3], n[0], f[0], n[1], f[1], n[2], f[2])
+    return y.mean(dim=(-5, -3, -1))
+
+
+@dataclass
+class Acquisition:
+    """The result of :func:`acquire` on the acquisition grid.
+
+    Attributes:
+        phase: (E, X, Y, Z) wrapped phase (rad).
+        magnitude: (E, X, Y, Z) magnitude (a.u.).
+        field: (X, Y, Z) field of an ideal multi-echo fit (ppm; noise and dephasing included).
+        receiver_phase: (X, Y, Z) receiver phase offset (rad) used.
+        noise_ppm: (X, Y, Z) fitted minus true (block-averaged) field (ppm).
+    """
+
+    phase: torch.Tensor
+    magnitude: torch.Tensor
+    field: torch.Tensor
+    receiver_phase: torch.Tensor
+    noise_ppm: torch.Tensor
+
+
+def acquire(
+    total_ppm: torch.Tensor,
+    m0: torch.Tensor,
+    r2star: torch.Tensor,
+    voxel_size: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    te: Sequence[float] = DEFAULT_TE,
+    b0: float = 3.0,
+    snr: float = DEFAULT_SNR,
+    factors: Sequence[int] = (1, 1, 1),
+) -> Acquisition:
+    """Multi-echo gradient-echo signal of a total field (see the module docstring).
+
+    Args:
+        total_ppm: (X, Y, Z) total field (ppm) on the fine grid.
+        m0, r2star: (X, Y, Z) proton density and R2* (1/s) on the fine grid.
+        voxel_size: fine-grid voxel size (mm).
+        rng: numpy Generator (receiver phase, noise).
+        te: echo times (s).
+        b0: field strength (T).
+        snr: 1 / noise std on the acquisition grid (signal of M0 = 1 at TE 0).
+        factors: fine voxels per acquisition voxel along each axis.
+    """
+    phi0 = smooth_random_field(tuple(total_ppm.shape), voxel_size, rng, scales_mm=(60.0,), weights=(1.0,))
+    te_t = torch.as_tensor([float(t) for t in te], dtype=torch.float32)
+    sig = []
+    for t in te_t:
+        ph = ppm_to_rad(total_ppm, te=float(t), b0=b0) + phi0
+        sig.append(block_mean(torch.polar(m0 * torch.exp(-float(t) * r2star), ph), factors))
+    s = torch.stack(sig)
+    shape = tuple(s.shape[1:])
+    noise = torch.complex(
+        torch.from_numpy(rng.standard_normal(s.shape, dtype=np.float32)),
+        torch.from_numpy(rng.standard_normal(s.shape, dtype=np.float32)),
+    ) / float(snr)
+    s = s + noise
+    phi0_a = torch.angle(block_mean(torch.polar(torch.ones_like(phi0), phi0), factors))
+    f_true = block_mean(total_ppm, factors)
+    # ideal temporal unwrapping: add the 2 pi multiples that bring each echo nearest the true phase
+    ref = ppm_to_rad(f_true[None], te=1.0, b0=b0) * te_t[:, None, None, None]
+    psi = torch.angle(s * torch.polar(torch.ones(shape), -phi0_a)[None])
+    psi = psi + 2 * np.pi * torch.round((ref - psi) / (2 * np.pi))
+    w = s.abs().square() * te_t[:, None, None, None]
+    slope = (w * psi).sum(0) / (w * te_t[:, None, None, None]).sum(0).clamp_min(1e-20)
+    fit = rad_to_ppm(slope, te=1.0, b0=b0)
+    fit = torch.where((w.sum(0) > 0), fit, f_true)
+    return Acquisition(
+        phase=torch.angle(s),
+        magnitude=s.abs(),
+        field=fit.float(),
+        receiver_phase=phi0_a,
+        noise_ppm=(fit - f_true).float(),
+    )

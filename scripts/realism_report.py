@@ -1,0 +1,91 @@
+"""How much of a simulated local field the dipole model of the scalar truth fails to explain.
+
+For each tier: ``||f - D chi|| / ||f||`` inside the (BFR-eroded) brain mask, both demeaned, and the
+share of the residual's and the field's energy in spatial-frequency bands (cycles/mm), next to
+the figures measured on a real 3 T in vivo field (issue 15). Usage:
+
+    OMP_NUM_THREADS=2 python scripts/realism_report.py [--voxel 2] [--seed 0] [--snr 100]
+
+The realistic tier's background-field removal is a parameter (``bfr(total_ppm, mask, voxel_size)
+-> (local, mask)``); the default is the small private V-SHARP of qsmnet.sim._vsharp, until
+qsmnet.phase.vsharp lands (the lead switches it at merge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+
+from qsmnet.physics import forward_field
+from qsmnet.sim._vsharp import vsharp as _vsharp
+from qsmnet.sim.acquire import DEFAULT_SNR, acquire, head_fields
+from qsmnet.sim.head import head_phantom
+
+BANDS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, math.inf))
+REAL = {"unexplained": "56-68 %", "residual_bands": (22, 13, 15, 12, 26), "field_bands": (33, 17, 16, 11, 18)}
+
+
+def band_shares(x: torch.Tensor, voxel_size) -> list[float]:
+    """Percent of ``sum |X(k)|^2`` in each of :data:`BANDS` (|k| in cycles/mm)."""
+    spec = torch.fft.fftn(x.double()).abs().square()
+    k = torch.meshgrid(
+        *[torch.fft.fftfreq(n, d=v) for n, v in zip(x.shape, voxel_size, strict=True)], indexing="ij"
+    )
+    kn = torch.sqrt(sum(c.square() for c in k))
+    tot = float(spec.sum())
+    return [100 * float(spec[(kn >= lo) & (kn < hi)].sum()) / tot for lo, hi in BANDS]
+
+
+def unexplained(f, chi, mask, voxel_size, b0_dir):
+    """(fraction, residual band shares, field band shares) inside ``mask`` (demeaned)."""
+    m = mask > 0
+    d = forward_field(chi.double(), voxel_size, b0_dir, pad=True, dtype=torch.float64)
+    f = (f.double() - f.double()[m].mean()) * m
+    d = (d - d[m].mean()) * m
+    res = f - d
+    return float(res.norm() / f.norm()), band_shares(res, voxel_size), band_shares(f, voxel_size)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--voxel", type=float, default=2.0, help="mm (1 is the real size grid; 2 is 8x cheaper)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snr", type=float, default=DEFAULT_SNR)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    vs = (a.voxel,) * 3
+    shape = tuple(int(round(n / a.voxel)) for n in (192, 224, 192))
+    b0 = (0.0, 0.0, 1.0)
+    rng = np.random.default_rng(a.seed)
+    ph = head_phantom(shape, vs, rng)
+    rows = {}
+    _, iso = head_fields(ph, vs, b0, anisotropy=False, micro=False)
+    rows["head, scalar chi, no noise"] = unexplained(iso, ph.brain_chi, ph.mask, vs, b0)
+    total, local = head_fields(ph, vs, b0)
+    rows["head, + anisotropy, hollow cylinder, texture offset"] = unexplained(
+        local, ph.brain_chi, ph.mask, vs, b0
+    )
+    acq = acquire(total, ph.m0, ph.r2star, vs, rng, snr=a.snr)
+    loc, er = _vsharp(acq.field, ph.mask, vs)
+    rows[f"realistic: echo fit (SNR {a.snr:g}) + V-SHARP"] = unexplained(loc, ph.brain_chi, er, vs, b0)
+    tot_iso, _ = head_fields(ph, vs, b0, anisotropy=False, micro=False)
+    loc_i, er_i = _vsharp(tot_iso, ph.mask, vs)
+    rows["scalar head, no noise, V-SHARP"] = unexplained(loc_i, ph.brain_chi, er_i, vs, b0)
+    print(f"| tier ({a.voxel:g} mm, seed {a.seed}) | unexplained | residual bands % | field bands % |")
+    print("|---|---|---|---|")
+    for name, (u, rb, fb) in rows.items():
+        print(
+            f"| {name} | {100 * u:.1f} % | {' / '.join(f'{v:.0f}' for v in rb)} | "
+            f"{' / '.join(f'{v:.0f}' for v in fb)} |"
+        )
+    print(
+        f"| real 3 T in vivo (issue 15) | {REAL['unexplained']} | "
+        f"{' / '.join(map(str, REAL['residual_bands']))} | {' / '.join(map(str, REAL['field_bands']))} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

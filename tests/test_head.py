@@ -1,0 +1,220 @@
+"""Whole-head phantom, tensor forward model, multi-echo acquisition, `qsmnet simulate --phantom head`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qsmnet.physics import forward_field, ppm_to_hz
+from qsmnet.sim.acquire import acquire, block_mean, head_fields
+from qsmnet.sim.head import CHI_AIR, HEAD_LABELS, head_phantom
+from qsmnet.sim.tensor import moment_field, tensor_field, tensor_moment
+
+B_OBL = (0.0, math.sin(math.radians(35.0)), math.cos(math.radians(35.0)))
+
+
+@pytest.fixture(scope="module")
+def head():
+    return head_phantom((47, 57, 47), (4.0, 4.0, 4.0), 3, haemorrhages=1)
+
+
+def _blob(shape, rng):
+    chi = torch.zeros(shape, dtype=torch.float64)
+    c = [n // 2 for n in shape]
+    chi[c[0] - 3 : c[0] + 4, c[1] - 2 : c[1] + 3, c[2] - 4 : c[2] + 3] = torch.from_numpy(
+        rng.uniform(-1, 1, size=(7, 5, 7))
+    )
+    return chi
+
+
+def test_isotropic_tensor_equals_scalar_model():
+    rng = np.random.default_rng(0)
+    chi = _blob((19, 21, 17), rng)
+    t = chi[None, None] * torch.eye(3, dtype=torch.float64)[:, :, None, None, None]
+    for b in ((0, 0, 1), B_OBL):
+        f_t = tensor_field(t, (1.0, 1.2, 0.9), b, dtype=torch.float64)
+        f_s = forward_field(chi, (1.0, 1.2, 0.9), b, pad=True, dtype=torch.float64)
+        d = (f_t - f_t.mean()) - (f_s - f_s.mean())  # other padding: wrap-around differs slightly
+        assert float(d.abs().max()) < 3e-2 * float(f_s.abs().max())
+        # same padding: agreement to float64 precision
+        from qsmnet.physics import DipoleOperator, Geometry
+        from qsmnet.sim.tensor import padded_shape
+
+        s = padded_shape(chi.shape)
+        op = DipoleOperator(
+            Geometry(chi.shape, (1.0, 1.2, 0.9), b),
+            pad=tuple(p - n for p, n in zip(s, chi.shape, strict=True)),
+            dtype=torch.float64,
+        )
+        assert float((f_t - op.A(chi)).abs().max()) < 1e-12
+
+
+def test_tensor_field_matches_point_dipole_far_from_a_spherical_source():
+    """Outside a spherically symmetric source with a uniform tensor the field is that of a point
+    dipole of moment m = V chi_tensor b: f = (3 (m.r)(b.r)/r^2 - m.b) / (4 pi r^3)."""
+    n, vs = 65, 1.0
+    x = (torch.arange(n, dtype=torch.float64) - n // 2) * vs
+    r2 = x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2
+    prof = torch.exp(-r2 / (2 * 1.5**2))
+    a = torch.tensor([[0.3, 0.1, -0.05], [0.1, -0.2, 0.15], [-0.05, 0.15, 0.4]], dtype=torch.float64)
+    t = a[:, :, None, None, None] * prof
+    b = torch.tensor(B_OBL, dtype=torch.float64)
+    f = tensor_field(t, (vs,) * 3, B_OBL, pad=2 * n, dtype=torch.float64)
+    m = float(prof.sum()) * vs**3 * (a @ b)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        d = rng.standard_normal(3)
+        r = d / np.linalg.norm(d) * rng.uniform(9, 14)
+        idx = tuple(int(round(v)) + n // 2 for v in r)
+        rv = torch.tensor([(i - n // 2) * vs for i in idx], dtype=torch.float64)
+        rn = rv.norm()
+        expect = (3 * (m @ rv) * (b @ rv) / rn**2 - m @ b) / (4 * math.pi * rn**3)
+        assert float(f[idx]) == pytest.approx(float(expect), rel=2e-3, abs=1e-7)
+
+
+def test_field_is_linear_in_chi(head):
+    vs, b = (4.0, 4.0, 4.0), B_OBL
+    u = tensor_moment(head.brain_chi, b, head.aniso, head.fibre)
+    f1 = moment_field(u, vs, b)
+    for s in (0.5, 2.0):
+        fs = moment_field(s * u, vs, b)
+        assert float((fs - s * f1).abs().max()) < 1e-5 * float(f1.abs().max()) * max(s, 1)
+
+
+def test_head_tissues_and_local_field_is_dipolar_up_to_the_modelled_part(head):
+    lab = head.labels
+    for k in ("white_matter", "grey_matter", "csf", "bone", "soft_tissue", "haemorrhage"):
+        assert int((lab == HEAD_LABELS[k]).sum()) > 0, k
+    assert float(head.chi[lab == 0].mean()) == pytest.approx(CHI_AIR)
+    assert float(head.chi[lab == HEAD_LABELS["bone"]].mean()) < -1.0
+    vs, b = (4.0, 4.0, 4.0), (0.0, 0.0, 1.0)
+    _, local = head_fields(head, vs, b, dtype=torch.float64)
+    m = head.mask > 0
+    dip = forward_field(head.brain_chi.double(), vs, b, pad=True, dtype=torch.float64)
+    dip = (dip - dip[m].mean()) * head.mask
+    _, iso = head_fields(head, vs, b, anisotropy=False, micro=False, dtype=torch.float64)
+    assert float((iso - dip).norm() / dip.norm()) < 1e-3  # no non-dipolar parts: the scalar model
+    resid = float((local - dip).norm() / local.norm())
+    assert 0.005 < resid < 0.5  # the modelled non-dipolar part is there, and not dominant
+
+
+def test_background_field_near_sinuses_at_3t():
+    ph = head_phantom((64, 75, 64), (3.0, 3.0, 3.0), 5)
+    total, _ = head_fields(ph, (3.0, 3.0, 3.0), (0, 0, 1))
+    m = ph.mask > 0
+    hz = ppm_to_hz(total - total[m].median(), 3.0)
+    near = m & (
+        torch.from_numpy(
+            np.asarray(
+                __import__("scipy.ndimage", fromlist=["x"]).binary_dilation(
+                    (ph.labels == HEAD_LABELS["sinus"]).numpy(), iterations=4
+                )
+            )
+        )
+    )
+    assert int(near.sum()) > 0
+    spread = float(hz[near].max() - hz[near].min())
+    assert 20.0 < spread < 800.0  # tens to a few hundred Hz across the tissue next to the sinuses
+    assert 3.0 < float(hz[m].std()) < 100.0
+
+
+def test_acquisition_wraps_and_fit_recovers_field(head):
+    total, _ = head_fields(head, (4.0, 4.0, 4.0), (0, 0, 1))
+    rng = np.random.default_rng(2)
+    acq = acquire(total, head.m0, head.r2star, (4.0, 4.0, 4.0), rng, snr=1e4, factors=(1, 1, 2))
+    assert acq.phase.shape == (5, 47, 57, 23) and float(acq.phase.abs().max()) <= math.pi + 1e-6
+    m = block_mean(head.mask, (1, 1, 2)) == 1
+    assert float(acq.noise_ppm[m].abs().median()) < 1e-3
+
+
+def test_against_qsm_forward():
+    qf = pytest.importorskip("qsm_forward")
+    rng = np.random.default_rng(4)
+    chi = np.zeros((41, 39, 45))
+    chi[10:31, 10:29, 11:34] = _blob((21, 19, 23), rng).numpy()  # zero border: little wrap-around
+    b = np.array(B_OBL)
+    ref = qf.generate_field(chi, voxel_size=[1.0, 1.0, 1.5], B0_dir=list(b))[10:31, 10:29, 11:34]
+    ours = moment_field(tensor_moment(torch.from_numpy(chi), b), (1.0, 1.0, 1.5), b, dtype=torch.float64)
+    c = ours.numpy()[10:31, 10:29, 11:34]
+    # qsm-forward keeps D(0) = 1/3 and pads to exactly 2x: compare demeaned fields
+    d = (c - c.mean()) - (ref - ref.mean())
+    assert np.linalg.norm(d) < 2e-2 * np.linalg.norm(ref - ref.mean())
+    assert np.abs(d).max() < 4e-2 * np.abs(ref).max()
+
+
+def test_cli_simulate_head(tmp_path):
+    from qsmnet.cli.main import main
+    from qsmnet.io import load_nifti
+
+    out = tmp_path / "h"
+    rc = main(
+        [
+            "simulate",
+            "--phantom",
+            "head",
+            "--shape",
+            "31",
+            "37",
+            "21",
+            "--voxel-size",
+            "4",
+            "4",
+            "8",
+            "--te",
+            "0.005",
+            "0.01",
+            "0.015",
+            "--tilt",
+            "20",
+            "--snr",
+            "200",
+            "--seed",
+            "1",
+            "--pathology",
+            "--sim-voxel",
+            "4",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    names = ("phase", "mag", "brainmask", "truth_chi", "truth_localfield", "totalfield")
+    imgs = {n: load_nifti(out / f"{n}.nii.gz") for n in names}
+    aff = imgs["phase"].affine
+    for n, im in imgs.items():
+        np.testing.assert_allclose(im.affine, aff, atol=1e-5, err_msg=n)
+    assert imgs["phase"].data.shape == (31, 37, 21, 3) and imgs["mag"].data.shape == (31, 37, 21, 3)
+    assert imgs["phase"].geometry.voxel_size == pytest.approx((4, 4, 8), abs=1e-4)
+    assert imgs["phase"].geometry.tilt_deg == pytest.approx(20.0, abs=1e-3)
+    p = json.loads((out / "params.json").read_text())
+    assert p["EchoTime"] == [0.005, 0.01, 0.015] and p["MagneticFieldStrength"] == 3.0
+    assert p["Pathology"] is True
+
+
+def test_benchmark_v2_small(tmp_path):
+    from qsmnet.data import load_benchmark
+    from qsmnet.sim._vsharp import vsharp
+    from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+
+    path = make_benchmark_v2(
+        tmp_path,
+        vsharp,
+        head_shape=(47, 57, 47),
+        head_mm=4.0,
+        hires_shape=(31, 31, 31),
+        hires_mm=3.0,
+        tiers=("realistic", "hires"),
+    )
+    man = json.loads(path.read_text())
+    assert len(man["cases"]) == 7 and {e["tier"] for e in man["cases"].values()} == {"realistic", "hires"}
+    cases = dict(load_benchmark(tmp_path))
+    s = cases["head1_axial_1x1x2"]
+    assert s.geometry[0].voxel_size == pytest.approx((4, 4, 8), abs=1e-4)
+    assert cases["head1_oblique45_1mm"].geometry[0].tilt_deg == pytest.approx(45.0, abs=1e-3)
+    for name, e in man["cases"].items():
+        assert 0.0 < e["unexplained"] < 1.5, name
+        assert float(cases[name].mask.sum()) > 0
