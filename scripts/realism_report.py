@@ -7,8 +7,7 @@ the figures measured on a real 3 T in vivo field (issue 15). Usage:
     OMP_NUM_THREADS=2 python scripts/realism_report.py [--voxel 2] [--seed 0] [--snr 100]
 
 The realistic tier's background-field removal is a parameter (``bfr(total_ppm, mask, voxel_size)
--> (local, mask)``); the default is the small private V-SHARP of qsmnet.sim._vsharp, until
-qsmnet.phase.vsharp lands (the lead switches it at merge).
+-> (local, mask)``); the default is :func:`qsmnet.phase.vsharp`, the pipeline's own.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import math
 import numpy as np
 import torch
 
+from qsmnet.phase import vsharp as _vsharp
 from qsmnet.physics import forward_field
-from qsmnet.sim._vsharp import vsharp as _vsharp
 from qsmnet.sim.acquire import DEFAULT_SNR, acquire, head_fields
 from qsmnet.sim.head import head_phantom
 

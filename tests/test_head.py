@@ -197,7 +197,7 @@ def test_cli_simulate_head(tmp_path):
 
 def test_benchmark_v2_small(tmp_path):
     from qsmnet.data import load_benchmark
-    from qsmnet.sim._vsharp import vsharp
+    from qsmnet.phase import vsharp
     from qsmnet.sim.benchmark_v2 import make_benchmark_v2
 
     path = make_benchmark_v2(

@@ -121,7 +121,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     if args.benchmark_v2:
-        from qsmnet.sim._vsharp import vsharp  # stand-in until qsmnet.phase.vsharp is merged
+        from qsmnet.phase import vsharp
         from qsmnet.sim.benchmark_v2 import make_benchmark_v2
 
         path = make_benchmark_v2(out, vsharp, force=args.force, progress=lambda m: print(m, flush=True))

@@ -157,6 +157,6 @@ class Adapter:
         chi = self.fn(f, m, geometry, info=info, **params)
         chi = torch.as_tensor(chi).detach().to(device=f.device, dtype=torch.float32).reshape(f.shape) * mf
         used = {**self._defaults, **params}
-        if info.get("lambda") is not None and used.get("lam") == "auto":
-            used["lam"] = info["lambda"]  # the λ the method chose
+        if info.get("lambda") is not None and isinstance(used.get("lam"), str):
+            used["lam"] = info["lambda"]  # the λ the method chose ("auto", "lcurve", ...)
         return Result(chi, used, info, _problem=(f, mf, geometry))

@@ -7,7 +7,7 @@ Steps (each a function of :mod:`qsmnet.phase`, timed and logged through :mod:`lo
    (``ppm = Hz / (42.577478 * B0)``);
 3. ``background``: :func:`~qsmnet.phase.vsharp` (default) or :func:`~qsmnet.phase.pdf`
    (weighted by the inverse field std) -> local field (ppm) and the mask where it is valid;
-4. ``inversion``: any method of :func:`qsmnet.inference.methods.get_method` (default ``tv``) on
+4. ``inversion``: any method of :func:`qsmnet.inference.methods.load_method` (default ``tv``) on
    the local field, mask and geometry;
 5. ``reference``: :func:`~qsmnet.phase.reference` (mean over the mask, or a given CSF mask).
 
@@ -127,7 +127,7 @@ def run_qsm(
         mask: optional (X, Y, Z) brain mask (non-zero inside); default: from the magnitude.
         unwrap: ``"quality"`` (exact, scikit-image) or ``"laplacian"`` (least squares).
         bfr: background-field removal, ``"vsharp"`` or ``"pdf"``.
-        method: inversion method name or callable (see :func:`~qsmnet.inference.get_method`).
+        method: inversion method name or callable (see :func:`~qsmnet.inference.load_method`).
         method_params: keyword parameters of the method (e.g. ``{"lam": 5e-5}``).
         bfr_params: keyword parameters of :func:`~qsmnet.phase.vsharp` / :func:`~qsmnet.phase.pdf`.
         mask_params: keyword parameters of :func:`~qsmnet.phase.brain_mask`.
@@ -143,8 +143,8 @@ def run_qsm(
     """
     from qsmnet import phase as ph
 
-    from .methods import get_method
-    from .pipeline import method_label, resolve_device
+    from .methods import load_method
+    from .pipeline import resolve_device
 
     p = torch.as_tensor(np.asarray(phase, dtype=np.float32) if not isinstance(phase, torch.Tensor) else phase)
     p = p[None] if p.dim() == 3 else p
@@ -155,8 +155,8 @@ def run_qsm(
     mag = None if magnitude is None else torch.as_tensor(np.asarray(magnitude, dtype=np.float32)).to(dev)
     if mag is not None:
         mag = mag.reshape(p.shape)
-    fn = get_method(method)
-    label = method_label(fn, str(method))
+    fn = load_method(method)
+    label = fn.name
     steps = _Steps(dev)
     t_start = time.perf_counter()
 
@@ -198,10 +198,9 @@ def run_qsm(
     mparams = dict(method_params or {})
 
     def inversion():
-        info: dict = {}
-        chi = fn(local, m.to(torch.float32), geometry, info=info, **mparams)
-        keep = {k: v for k, v in info.items() if isinstance(v, (int, float, str, dict, list, type(None)))}
-        return chi.detach().to(torch.float32) * m, keep
+        res = fn(local, m, geometry, **mparams)
+        keep = {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, dict, list, type(None)))}
+        return res.chi, {"parameters_used": res.params, **keep}
 
     chi = steps.run("inversion", label, mparams, inversion)
     csf = None if csf_mask is None else torch.as_tensor(np.asarray(csf_mask) != 0).to(dev)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qsmnet.physics import ppm_to_rad, rad_to_ppm
+from qsmnet.physics import hz_to_ppm, ppm_to_hz, ppm_to_rad
 
 from .head import CHI_AIR, HeadPhantom, microstructure_offset
 from .tensor import moment_field, tensor_moment
@@ -135,12 +135,12 @@ def acquire(
     phi0_a = torch.angle(block_mean(torch.polar(torch.ones_like(phi0), phi0), factors))
     f_true = block_mean(total_ppm, factors)
     # ideal temporal unwrapping: add the 2 pi multiples that bring each echo nearest the true phase
-    ref = ppm_to_rad(f_true[None], te=1.0, b0=b0) * te_t[:, None, None, None]
+    ref = 2 * np.pi * ppm_to_hz(f_true[None], b0) * te_t[:, None, None, None]  # rad at each TE
     psi = torch.angle(s * torch.polar(torch.ones(shape), -phi0_a)[None])
     psi = psi + 2 * np.pi * torch.round((ref - psi) / (2 * np.pi))
     w = s.abs().square() * te_t[:, None, None, None]
     slope = (w * psi).sum(0) / (w * te_t[:, None, None, None]).sum(0).clamp_min(1e-20)
-    fit = rad_to_ppm(slope, te=1.0, b0=b0)
+    fit = hz_to_ppm(slope / (2 * np.pi), b0)  # slope in rad/s
     fit = torch.where((w.sum(0) > 0), fit, f_true)
     return Acquisition(
         phase=torch.angle(s),
