@@ -534,3 +534,15 @@ def test_lambda_choosers_on_the_command_line(case, method):
     side = json.loads((tmp / f"{method}.json").read_text())
     assert side["lambda_method"] == {"tv": "model", "ilsqr": "freq"}[method]
     assert side["parameters"]["lam"] == side["lambda"]  # the value 'auto' chose
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    # `qsmnet methods | head -1` printed "error: [Errno 32] Broken pipe"
+    import subprocess
+    import sys
+
+    code = "import sys, time; time.sleep(1); from qsmnet.cli.main import main; sys.exit(main(['methods']))"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader leaves before the listing is written
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and "Broken pipe" not in err and "error" not in err

@@ -23,20 +23,16 @@ rule by a model-error factor from the field's power on the magic-angle cone
 (:func:`qsmnet.solvers.select.model_error_factor`, chooser ``"model"``).
 
 Morozov's discrepancy principle was tried first and failed on small, clean volumes (the misfit
-floor of the unweighted TV of the time); :func:`discrepancy_search` is kept for experiments.
+floor of the unweighted TV of the time) and was removed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from .base import Problem
-
-#: Discrepancy factor for :func:`discrepancy_target` (not used by any chooser).
-TAU = 0.5
 
 #: kappa of the L2 (Tikhonov) rule: per-case best lambda * s2 / sigma^2 ranged 0.14-0.42 on brain
 #: phantoms (48^3, 3.5 mm, noise 0.001/0.003 ppm, tilts 0/25 deg); the rule then lands within
@@ -81,44 +77,6 @@ def estimate_noise(field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mad = (v - v.median()).abs().median()
         out.append(1.4826 * mad / math.sqrt(42.0))
     return torch.stack(out)
-
-
-def discrepancy_target(p: Problem, tau: float = TAU) -> torch.Tensor:
-    """(B,) relative residual ``tau * sigma * sqrt(N) / ||M f||`` the discrepancy principle aims at."""
-    sigma = estimate_noise(p.field, p.mask)
-    n = p.mask.flatten(1).sum(1)
-    fnorm = p.field.flatten(1).norm(dim=1).clamp_min(1e-30)
-    return tau * sigma * n.sqrt() / fnorm
-
-
-def discrepancy_search(
-    residual_fn: Callable[[torch.Tensor], torch.Tensor],
-    target: torch.Tensor,
-    lo: float,
-    hi: float,
-    steps: int = 12,
-) -> torch.Tensor:
-    """Per-sample bisection in log10(lambda) for ``residual_fn(lam) == target``.
-
-    Args:
-        residual_fn: maps lambdas (B, 1, 1, 1, 1) to relative residuals (B,); assumed increasing.
-        target: (B,) residuals to reach.
-        lo, hi: search bracket; a sample whose target is out of reach gets the nearer end.
-        steps: bisection steps (the bracket shrinks by 2**steps in log space).
-
-    Returns:
-        (B, 1, 1, 1, 1) chosen lambdas on the target's device.
-    """
-    b = target.shape[0]
-    a = torch.full((b,), math.log10(lo), device=target.device, dtype=torch.float64)
-    z = torch.full((b,), math.log10(hi), device=target.device, dtype=torch.float64)
-    for _ in range(steps):
-        mid = (a + z) / 2
-        r = residual_fn((10.0**mid).float().view(b, 1, 1, 1, 1))
-        too_big = r > target
-        z = torch.where(too_big, mid, z)
-        a = torch.where(too_big, a, mid)
-    return (10.0 ** ((a + z) / 2)).float().view(b, 1, 1, 1, 1)
 
 
 def as_lambda(lam, p: Problem) -> torch.Tensor:
