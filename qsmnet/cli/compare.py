@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="overrides of conf/compare.yaml, e.g. methods=[tkd,tv] cases=benchmark out_dir=compare-out "
+        help="overrides of qsmnet/conf/compare.yaml, e.g. methods=[tkd,tv] cases=benchmark "
+        "out_dir=compare-out "
         "case_names=[brain1_axial_1mm_noise-low] device=cpu force=true",
     )
     parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")

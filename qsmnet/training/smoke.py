@@ -1,7 +1,7 @@
 """``debug=smoke``: shrink any experiment's data config so that training takes seconds.
 
 Applied by :func:`qsmnet.training.train` when the config has a ``smoke`` section (see
-``conf/debug/smoke.yaml``). Works on both kinds of data spec that :class:`qsmnet.data.QSMDataModule`
+``qsmnet/conf/debug/smoke.yaml``). Works on both kinds of data spec that :class:`qsmnet.data.QSMDataModule`
 takes: on-the-fly simulation (``phantom``, ``shape``, ``length``) and precomputed whole volumes
 (``cache_dir``, ``volumes``, ``simulation``). The model is left as the experiment has it.
 """
