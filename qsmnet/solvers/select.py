@@ -93,7 +93,7 @@ class Sweep:
 
     def record(self, p: Problem, lam: float, chi: torch.Tensor, penalty: float, masks) -> None:
         """Add one weight's solution chi (1, 1, X, Y, Z) to the record."""
-        r = (p.mask * (p.op.A(chi) - p.field)).norm() / p.field.norm().clamp_min(1e-30)
+        r = p.op.residual(chi, p.field, p.mask)[0]  # the one residual (p.field is masked)
         self.lams.append(float(lam))
         self.misfit.append(float(r))
         self.penalty.append(float(penalty))
