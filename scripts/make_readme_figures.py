@@ -12,6 +12,14 @@ Writes, under ``--out`` (default ``docs/``):
   device and commit; the same text replaces the README's block between the BENCHMARK markers;
 - ``benchmark/metrics.csv``, ``benchmark/summary.csv``, ``benchmark/roi.csv``: the raw numbers.
 
+    python scripts/make_readme_figures.py --v2 data/benchmark_v2   # benchmark v2: realistic + pathology
+
+``--v2 DIR`` instead runs the realistic-tier methods (``V2_METHODS``: the classical solvers with their
+automatic λ and the shipped networks) on the ``--tiers`` of benchmark v2 (``qsmnet simulate
+--benchmark-v2 -o DIR``) and writes ``benchmark_v2_table.md``, ``benchmark_v2/*.csv``,
+``figures/benchmark_v2_slices.png``, and the README block between the BENCHMARK_V2 markers (CPU, 2
+threads: ~1 h).
+
 The benchmark set is generated into the cache on first use (see ``qsmnet.compare.benchmark_cache_dir``).
 """
 
@@ -29,6 +37,9 @@ from qsmnet.inference.methods import shipped_networks
 
 #: The README's methods: the default method, every shipped network and three solvers.
 METHODS = ["default", *shipped_networks(), "tkd", "tikhonov", "tv"]
+
+#: Benchmark v2's methods: every classical solver at its defaults (automatic λ) and every shipped network.
+V2_METHODS = ["tkd", "tikhonov", "tv", "medi", "ilsqr", "ndi", *shipped_networks()]
 
 
 def _commit() -> str:
@@ -49,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-size", type=int, default=64, help="demo grid edge (default 64, as qsmnet demo)")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--skip-benchmark", action="store_true")
+    p.add_argument("--v2", metavar="DIR", default=None,
+                   help="run benchmark v2 (from qsmnet simulate --benchmark-v2) instead of v1 and the demo")
+    p.add_argument("--tiers", nargs="+", default=["realistic", "pathology"],
+                   help="v2 tiers (default: realistic pathology)")
+    p.add_argument("--methods", nargs="+", default=None, help="v2 methods (default: V2_METHODS)")
     args = p.parse_args(argv)
+    if args.v2:
+        return _benchmark_v2(args)
 
     import torch
 
@@ -106,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _group(case: str) -> str:
+    """``<phantom>_<orientation>_<voxel>[...]`` -> ``"<orientation> <voxel>"``; a v2 row renamed
+    ``<tier>_<orientation>_<voxel>`` -> ``"<tier> <orientation> <voxel>"``."""
+    parts = case.split("_")
+    if parts[0] in ("realistic", "pathology", "hires", "clean"):
+        return " ".join(parts[:3])
+    return f"{parts[1]} {parts[2]}" if len(parts) >= 3 else case
+
+
 def _by_geometry(rows) -> list[str]:
     """Markdown table: mean nRMSE per method for each B0 orientation x voxel size group.
 
@@ -113,8 +140,7 @@ def _by_geometry(rows) -> list[str]:
     groups: dict[str, dict[str, list[float]]] = {}
     methods: list[str] = []
     for r in rows:
-        parts = r["case"].split("_")
-        key = f"{parts[1]} {parts[2]}" if len(parts) >= 3 else r["case"]
+        key = _group(r["case"])
         groups.setdefault(key, {}).setdefault(r["method"], []).append(float(r["nrmse"]))
         if r["method"] not in methods:
             methods.append(r["method"])
@@ -129,8 +155,7 @@ def _vs_tv(rows) -> list[str]:
     """Markdown table: per geometry, each network's mean nRMSE relative to TV's, in %."""
     groups: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        parts = r["case"].split("_")
-        key = f"{parts[1]} {parts[2]}" if len(parts) >= 3 else r["case"]
+        key = _group(r["case"])
         groups.setdefault(key, {}).setdefault(r["method"], []).append(float(r["nrmse"]))
     nets = [m for m in dict.fromkeys(r["method"] for r in rows) if m in shipped_networks()]
     lines = ["| geometry | " + " | ".join(nets) + " |", "|---|" + "---:|" * len(nets)]
@@ -142,19 +167,82 @@ def _vs_tv(rows) -> list[str]:
     return lines
 
 
+def _benchmark_v2(args) -> int:
+    """Benchmark v2's ``args.tiers``: metrics, tables by tier and geometry, one figure, README block."""
+    import json
+
+    import torch
+
+    import qsmnet
+    from qsmnet.compare import load_cases, run_comparison, summary_markdown
+    from qsmnet.compare.figures import safe_name
+
+    root = Path(args.v2)
+    tiers = {n: c["tier"] for n, c in json.loads((root / "cases.json").read_text())["cases"].items()}
+    names = [n for n, t in tiers.items() if t in args.tiers]
+    if not names:
+        print(f"no cases of tiers {args.tiers} in {root}/cases.json", file=sys.stderr)
+        return 2
+    methods = args.methods or V2_METHODS
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="qsmnet-readme-v2-"))
+    try:
+        cases = load_cases("benchmark", names=names, benchmark_dir=root)
+        res = run_comparison(methods, cases, out_dir=tmp, device=args.device)
+        shutil.copy(tmp / f"slices_{safe_name(cases[0].name)}.png",
+                    out / "figures" / "benchmark_v2_slices.png")
+        (out / "benchmark_v2").mkdir(exist_ok=True)
+        for name in ("metrics.csv", "summary.csv", "roi.csv"):
+            shutil.copy(tmp / name, out / "benchmark_v2" / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    device = res.rows[0]["device"]
+    hw = torch.cuda.get_device_name(0) if device.startswith("cuda") else (
+        f"CPU, {torch.get_num_threads()} threads")
+    rows = [{**r, "case": f"{tiers[r['case']]}_{r['case'].split('_', 1)[1]}"} for r in res.rows]
+    vs_tv = _vs_tv(rows) if "tv" in methods and set(methods) & set(shipped_networks()) else []
+    cmd = f"python scripts/make_readme_figures.py --v2 {args.v2} --tiers {' '.join(args.tiers)}" + (
+        f" --methods {' '.join(args.methods)}" if args.methods else "")
+    text = [
+        "<!-- generated by scripts/make_readme_figures.py --v2; do not edit by hand -->",
+        f"Benchmark v2, tiers {', '.join(args.tiers)} ({len(cases)} cases: real-size simulated heads, local"
+        " fields from an echo fit and V-SHARP, white-matter anisotropy; see `data/README.md`), mean ±"
+        " standard deviation over cases.",
+        "",
+        summary_markdown(res),
+        f"Generated with `{cmd}` on {datetime.date.today().isoformat()}, qsmnet {qsmnet.__version__} "
+        f"(commit {_commit()}), {hw}. Per-case numbers: `docs/benchmark_v2/metrics.csv`. Metrics and "
+        "columns as in the v1 table below.",
+        "",
+        "nRMSE (%) by tier and geometry:",
+        "",
+        *_by_geometry(rows),
+        "",
+    ]
+    if vs_tv:
+        text += ["Change of nRMSE against TV in the same run, per tier and geometry",
+                 "(negative: better than TV; the networks' bar is -15 %):", "", *vs_tv, ""]
+    (out / "benchmark_v2_table.md").write_text("\n".join(text))
+    _embed_in_readme("\n".join(text), V2_START, V2_END)
+    print((out / "benchmark_v2_table.md").read_text())
+    return 0
+
+
 README_START, README_END = "<!-- BENCHMARK:START -->", "<!-- BENCHMARK:END -->"
+V2_START, V2_END = "<!-- BENCHMARK_V2:START -->", "<!-- BENCHMARK_V2:END -->"
 
 
-def _embed_in_readme(text: str) -> None:
-    """Replace the block between the BENCHMARK markers with ``text`` in the README and in every
-    shipped model card (``qsmnet/weights/*.md``) that has the markers."""
+def _embed_in_readme(text: str, start: str = README_START, end: str = README_END) -> None:
+    """Replace the block between the ``start``/``end`` markers with ``text`` in the README and in
+    every shipped model card (``qsmnet/weights/*.md``) that has the markers."""
     root = Path(__file__).resolve().parents[1]
     for doc in [root / "README.md", *sorted((root / "qsmnet" / "weights").glob("*.md"))]:
         src = doc.read_text()
-        if README_START in src and README_END in src:
-            head, rest = src.split(README_START, 1)
-            _, tail = rest.split(README_END, 1)
-            doc.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+        if start in src and end in src:
+            head, rest = src.split(start, 1)
+            _, tail = rest.split(end, 1)
+            doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 if __name__ == "__main__":
