@@ -101,6 +101,22 @@ def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask:
     }
 
 
+def mask_rows(case: dict, strips=(0.0, 4.0)) -> list[str]:
+    """Dice of ``brain_mask`` (plain and skull-stripped) against the case's truth brain mask."""
+    from qsmnet.phase import brain_mask
+
+    truth = case["mask"]
+    out = ["| strip_mm | Dice | volume / truth | truth voxels missed | s |", "|---|---|---|---|---|"]
+    for s in strips:
+        t0 = time.perf_counter()
+        m = brain_mask(case["mag"], case["geometry"].voxel_size, strip_mm=s).numpy()
+        dice = 2 * (m & truth).sum() / (m.sum() + truth.sum())
+        missed = (truth & ~m).sum() / truth.sum()
+        out.append(f"| {s:g} | {dice:.4f} | {m.sum() / truth.sum():.3f} | {missed:.4f} "
+                   f"| {time.perf_counter() - t0:.1f} |")  # fmt: skip
+    return out
+
+
 def table(rows: list[dict]) -> str:
     head = ("| BFR | local field nRMSE % | chi nRMSE % | mask Dice | eroded mask / truth | mask s "
             "| echo fit s | BFR s | inversion s | pipeline excl. inversion s |")  # fmt: skip
@@ -169,6 +185,7 @@ def main() -> None:
     ap.add_argument(
         "--given-mask", action="store_true", help="use the truth brain mask instead of brain_mask"
     )
+    ap.add_argument("--mask-only", action="store_true", help="only brain_mask's Dice, plain and stripped")
     ap.add_argument("--threads", type=int, help="torch threads (e.g. 2 for the speed goal)")
     ap.add_argument("--figure", action="store_true", help="also draw docs/figures/qsm_pipeline.png")
     ap.add_argument("--json", type=Path, help="write the rows here")
@@ -181,6 +198,9 @@ def main() -> None:
     print(
         f"case: {case['name']} ({time.perf_counter() - t0:.1f} s to build), {torch.get_num_threads()} threads"
     )
+    if args.mask_only:
+        print("\n".join(mask_rows(case)))
+        return
     params = {"iterations": args.iterations} if args.iterations else {}
     rows = [run_case(case, b, args.method, params, args.given_mask) for b in args.bfr]
     print(table(rows))
