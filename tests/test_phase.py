@@ -212,14 +212,19 @@ def _dice(a, b):
 
 def test_brain_mask_strips_the_skull(rng):
     mag, brain, vs = _sphere_in_shell(rng)
-    m = brain_mask(mag, vs).numpy()
-    plain = brain_mask(mag, vs, strip_mm=0.0).numpy()
+    m = brain_mask(mag, vs, edge_mm=0.0).numpy()
+    plain = brain_mask(mag, vs, strip_mm=0.0, edge_mm=0.0).numpy()
     assert _dice(m, brain) > 0.9  # 1 mm smoothing widens it by about one 2 mm voxel
-    assert _dice(brain_mask(mag, vs, smooth_mm=0.0).numpy(), brain) > 0.98
+    assert _dice(brain_mask(mag, vs, smooth_mm=0.0, edge_mm=0.0).numpy(), brain) > 0.98
+    edged = brain_mask(mag, vs).numpy()  # default: 3 mm off the edge inside the field of view
+    assert edged.sum() < m.sum() and not (edged & ~m).any()
+    full = np.ones_like(mag)  # a crop inside the brain: the field of view's border does not erode
+    assert brain_mask(full, vs).all()
     assert _dice(plain, brain) < 0.6  # the plain signal mask keeps scalp, neck and the bone inside them
     assert not m[brain.shape[0] // 2, brain.shape[1] // 2, 1]  # the neck is out
     brain_only = np.where(brain, mag, 0.02 * np.abs(rng.standard_normal(mag.shape)))
-    assert _dice(brain_mask(brain_only, vs).numpy(), brain_mask(brain_only, vs, strip_mm=0.0).numpy()) > 0.99
+    stripped = brain_mask(brain_only, vs, edge_mm=0.0).numpy()
+    assert _dice(stripped, brain_mask(brain_only, vs, strip_mm=0.0, edge_mm=0.0).numpy()) > 0.99
 
 
 def test_brain_mask_and_reference(rng):
@@ -227,10 +232,10 @@ def test_brain_mask_and_reference(rng):
     mag = np.where(inside, 1.0, 0.05) + 0.02 * rng.standard_normal(N)
     mag[11, 12, 10] = 0.0  # a dark hole inside (a vessel): filled
     mag[0, 0, 0] = 1.0  # bright speckle outside: dropped
-    m = brain_mask(np.stack([mag, 0.7 * mag]), (1.0, 1.0, 1.0), smooth_mm=0.0)
+    m = brain_mask(np.stack([mag, 0.7 * mag]), (1.0, 1.0, 1.0), smooth_mm=0.0, edge_mm=0.0)
     assert m.dtype == torch.bool and (m.numpy() != inside).sum() < 0.03 * inside.sum()
     assert m[11, 12, 10] and not m[0, 0, 0]
-    er = brain_mask(mag, erode_mm=2.0, smooth_mm=0.0)
+    er = brain_mask(mag, erode_mm=2.0, smooth_mm=0.0, edge_mm=0.0)
     assert er.sum() < m.sum() and not (er & ~m).any()
     chi = torch.tensor(rng.standard_normal(N), dtype=torch.float32) + 3.0
     r = reference(chi, m)

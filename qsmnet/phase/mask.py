@@ -39,6 +39,7 @@ def brain_mask(
     open_mm: float = 1.0,
     erode_mm: float = 0.0,
     strip_mm: float = 4.0,
+    edge_mm: float | None = None,
 ) -> torch.Tensor:
     """Brain mask from a magnitude image (see the module docstring for what it covers).
 
@@ -49,7 +50,11 @@ def brain_mask(
     (detaches thin bridges and speckle); the skull strip (``strip_mm`` > 0, module docstring; when
     the erosion leaves nothing, e.g. a thin slab, it is skipped) or else the largest connected
     component; hole filling (3D, then slice by slice along each axis, for holes open at the
-    volume's edge); erosion by ``erode_mm``.
+    volume's edge); erosion by ``edge_mm`` away from the volume's edge (the field of view's border
+    does not erode, so a crop inside the brain keeps its voxels; on a head it drops the bright CSF
+    layer and blurred edge at the bone, whose steep field ruins the local field: on a simulated head
+    V-SHARP's local-field nRMSE goes from 273 % without it to 66 % with 3 mm, truth mask 60 %);
+    erosion by ``erode_mm``.
 
     Args:
         magnitude: (X, Y, Z) or (E, X, Y, Z) magnitude, numpy array or tensor (any device).
@@ -61,6 +66,8 @@ def brain_mask(
         open_mm: radius (mm) of the opening ball (0: none).
         erode_mm: radius (mm) of a final erosion (0: none).
         strip_mm: erosion depth (mm) of the skull strip (0: plain signal mask).
+        edge_mm: radius (mm) of the erosion away from the volume's edge (0: none; default 3 mm
+            when under 10 % of the mask's surface lies on the volume's border, else 0: a crop).
 
     Returns:
         (X, Y, Z) bool tensor on the magnitude's device (computed on the CPU with scipy/scikit-image).
@@ -99,6 +106,12 @@ def brain_mask(
     mask = ndimage.binary_fill_holes(stripped)
     for axis in range(3):
         mask = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis)
+    if edge_mm is None:  # 3 mm for an object inside the field of view (a head), none for a crop
+        on_border = sum(int(np.take(mask, i, axis=a).sum()) for a in range(3) for i in (0, -1))
+        surface = int((mask & ~ndimage.binary_erosion(mask)).sum())
+        edge_mm = 3.0 if on_border < 0.1 * surface else 0.0
+    if edge_mm > 0:
+        mask = ndimage.binary_erosion(mask, _ball(edge_mm, voxel_size), border_value=1)
     if erode_mm > 0:
         mask = ndimage.binary_erosion(mask, _ball(erode_mm, voxel_size))
     return torch.from_numpy(mask).to(device)
