@@ -76,7 +76,26 @@ def folder_case(folder: Path) -> dict:
             "name": str(folder)}  # fmt: skip
 
 
-def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask: bool) -> dict:
+def reference_row(
+    case: dict, row: dict, brain_mask: np.ndarray, ours_local: np.ndarray, ours_mask: np.ndarray
+):
+    """Add the independent chain (scripts/reference_chain.py) on the same brain mask to ``row``."""
+    from reference_chain import reference_local_field
+
+    t0 = time.perf_counter()
+    loc, rm = reference_local_field(case["phase"], case["mag"], case["te"], case["b0"],
+                                    case["geometry"].voxel_size, brain_mask)  # fmt: skip
+    common = rm & ours_mask & case["mask"]
+    row["ref_local_nrmse"] = nrmse(loc, case["local"], rm & case["mask"])
+    row["ref_common_nrmse"] = nrmse(loc, case["local"], common)
+    row["ours_common_nrmse"] = nrmse(ours_local, case["local"], common)
+    row["ref_s"] = time.perf_counter() - t0
+    print(f"reference chain (skimage unwrap + weighted fit + numpy V-SHARP): {row['ref_local_nrmse']:.1f} % "
+          f"in its mask; on the common mask ours {row['ours_common_nrmse']:.1f} % vs reference "
+          f"{row['ref_common_nrmse']:.1f} % ({row['ref_s']:.0f} s)")  # fmt: skip
+
+
+def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask: bool, ref=False) -> dict:
     from qsmnet.inference.qsm import run_qsm
 
     t0 = time.perf_counter()
@@ -87,7 +106,7 @@ def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask:
     truth = case["mask"]
     bm = r.brain_mask.numpy()
     sec = {s["name"]: s["seconds"] for s in r.report["steps"]}
-    return {
+    row = {
         "bfr": bfr,
         "local_nrmse": nrmse(r.local_field.numpy(), case["local"], m & truth),
         "chi_nrmse": nrmse(r.chi.numpy(), case["chi"], m & truth)
@@ -99,6 +118,25 @@ def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask:
         "no_inversion_s": sum(v for k, v in sec.items() if k != "inversion"),
         "wall_s": wall,
     }
+    if ref and bfr == "vsharp":
+        reference_row(case, row, bm, r.local_field.numpy(), m)
+    return row
+
+
+def mask_rows(case: dict, strips=(0.0, 4.0)) -> list[str]:
+    """Dice of ``brain_mask`` (plain and skull-stripped) against the case's truth brain mask."""
+    from qsmnet.phase import brain_mask
+
+    truth = case["mask"]
+    out = ["| strip_mm | Dice | volume / truth | truth voxels missed | s |", "|---|---|---|---|---|"]
+    for s in strips:
+        t0 = time.perf_counter()
+        m = brain_mask(case["mag"], case["geometry"].voxel_size, strip_mm=s).numpy()
+        dice = 2 * (m & truth).sum() / (m.sum() + truth.sum())
+        missed = (truth & ~m).sum() / truth.sum()
+        out.append(f"| {s:g} | {dice:.4f} | {m.sum() / truth.sum():.3f} | {missed:.4f} "
+                   f"| {time.perf_counter() - t0:.1f} |")  # fmt: skip
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -169,6 +207,10 @@ def main() -> None:
     ap.add_argument(
         "--given-mask", action="store_true", help="use the truth brain mask instead of brain_mask"
     )
+    ap.add_argument("--mask-only", action="store_true", help="only brain_mask's Dice, plain and stripped")
+    ap.add_argument(
+        "--reference", action="store_true", help="also run scripts/reference_chain.py (V-SHARP rows)"
+    )
     ap.add_argument("--threads", type=int, help="torch threads (e.g. 2 for the speed goal)")
     ap.add_argument("--figure", action="store_true", help="also draw docs/figures/qsm_pipeline.png")
     ap.add_argument("--json", type=Path, help="write the rows here")
@@ -181,8 +223,11 @@ def main() -> None:
     print(
         f"case: {case['name']} ({time.perf_counter() - t0:.1f} s to build), {torch.get_num_threads()} threads"
     )
+    if args.mask_only:
+        print("\n".join(mask_rows(case)))
+        return
     params = {"iterations": args.iterations} if args.iterations else {}
-    rows = [run_case(case, b, args.method, params, args.given_mask) for b in args.bfr]
+    rows = [run_case(case, b, args.method, params, args.given_mask, args.reference) for b in args.bfr]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -188,15 +188,54 @@ def test_pdf_recovers_local_field():
     assert abs(float(out[m].mean())) < 1e-6
 
 
+def _sphere_in_shell(rng, vs=2.0, n=32):
+    """A head-like phantom (mm): brain, dark bone, a thin scalp, a neck blob and a bridge through the bone."""
+    x = _grid((n, n, n)) * vs
+    brain = ((x / np.array([14.0, 16.0, 13.0])[:, None, None, None]) ** 2).sum(0) < 1
+    from scipy import ndimage
+
+    d = ndimage.distance_transform_edt(~brain, sampling=vs)
+    scalp = (d > 8.0) & (d <= 12.0)
+    neck = ((x - np.array([0.0, 0.0, -28.0])[:, None, None, None]) ** 2).sum(0) < 10.0**2
+    bridge = (x[0] ** 2 + x[1] ** 2 <= 2.0**2) & (x[2] < 0)  # a nerve-like link through the skull base
+    tissue = (scalp | neck | bridge) & ~brain
+    m0 = np.where(brain, 0.8, np.where(tissue, 0.6, np.where(d <= 8.0, 0.05, 0.0)))
+    r2 = np.where(brain, 20.0, 30.0)
+    te = np.array([0.004, 0.012, 0.02])[:, None, None, None]
+    mag = m0 * np.exp(-te * r2) + 0.02 * np.abs(rng.standard_normal((3, n, n, n)))
+    return mag, brain, (vs,) * 3
+
+
+def _dice(a, b):
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_brain_mask_strips_the_skull(rng):
+    mag, brain, vs = _sphere_in_shell(rng)
+    m = brain_mask(mag, vs, edge_mm=0.0).numpy()
+    plain = brain_mask(mag, vs, strip_mm=0.0, edge_mm=0.0).numpy()
+    assert _dice(m, brain) > 0.9  # 1 mm smoothing widens it by about one 2 mm voxel
+    assert _dice(brain_mask(mag, vs, smooth_mm=0.0, edge_mm=0.0).numpy(), brain) > 0.98
+    edged = brain_mask(mag, vs).numpy()  # default: 3 mm off the edge inside the field of view
+    assert edged.sum() < m.sum() and not (edged & ~m).any()
+    full = np.ones_like(mag)  # a crop inside the brain: the field of view's border does not erode
+    assert brain_mask(full, vs).all()
+    assert _dice(plain, brain) < 0.6  # the plain signal mask keeps scalp, neck and the bone inside them
+    assert not m[brain.shape[0] // 2, brain.shape[1] // 2, 1]  # the neck is out
+    brain_only = np.where(brain, mag, 0.02 * np.abs(rng.standard_normal(mag.shape)))
+    stripped = brain_mask(brain_only, vs, edge_mm=0.0).numpy()
+    assert _dice(stripped, brain_mask(brain_only, vs, strip_mm=0.0, edge_mm=0.0).numpy()) > 0.99
+
+
 def test_brain_mask_and_reference(rng):
     inside = _ellipsoid()
     mag = np.where(inside, 1.0, 0.05) + 0.02 * rng.standard_normal(N)
     mag[11, 12, 10] = 0.0  # a dark hole inside (a vessel): filled
     mag[0, 0, 0] = 1.0  # bright speckle outside: dropped
-    m = brain_mask(np.stack([mag, 0.7 * mag]), (1.0, 1.0, 1.0), smooth_mm=0.0)
+    m = brain_mask(np.stack([mag, 0.7 * mag]), (1.0, 1.0, 1.0), smooth_mm=0.0, edge_mm=0.0)
     assert m.dtype == torch.bool and (m.numpy() != inside).sum() < 0.03 * inside.sum()
     assert m[11, 12, 10] and not m[0, 0, 0]
-    er = brain_mask(mag, erode_mm=2.0, smooth_mm=0.0)
+    er = brain_mask(mag, erode_mm=2.0, smooth_mm=0.0, edge_mm=0.0)
     assert er.sum() < m.sum() and not (er & ~m).any()
     chi = torch.tensor(rng.standard_normal(N), dtype=torch.float32) + 3.0
     r = reference(chi, m)
