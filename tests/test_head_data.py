@@ -84,3 +84,17 @@ def test_precomputed_cache_of_heads(tmp_path):
     bare.prepare(progress=False)
     item = bare[0]
     assert item.init is None and item.field.shape == (1, 8, 8, 6)
+
+
+def test_validation_seeds_are_held_out(tmp_path):
+    from qsmnet.data import QSMDataModule
+
+    heads = [{**COARSE, "phantom": "head"}, {**COARSE, "phantom": "head", "factors": [1, 1, 2]}]
+    train = {"cache_dir": str(tmp_path), "simulation": heads, "init": "tkd", "volumes": 2, "seed": 11}
+    # entries use seeds 11 and 12: a validation seed of 12 would repeat training volumes
+    with pytest.raises(ValueError, match="overlap"):
+        QSMDataModule(train=train, val={**train, "seed": 12}).setup()
+    dm = QSMDataModule(train=train)
+    assert dm._val_spec()["seed"] == 13  # derived validation: past both entries
+    dm.setup()
+    assert len(dm.val_set) == 4
