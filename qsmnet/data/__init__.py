@@ -3,6 +3,8 @@
 - :class:`SimulatedQSMDataset`: on-the-fly simulated samples (IterableDataset, seeded per sample).
 - :class:`PrecomputedDataset`: simulated volumes with a cached classical estimate (e.g. TV), as
   patches, for networks that refine it.
+- :class:`~qsmnet.data.head.HeadSimulation`: whole simulated heads after acquisition and
+  background removal (``simulation: {phantom: head}`` of a PrecomputedDataset, ``conf/data/sim_head.yaml``).
 - :class:`NiftiFolderDataset`: (field, mask[, chi]) NIfTI cases, BIDS derivatives accepted.
 - :class:`QSMDataModule`: both, from Hydra config (``qsmnet/conf/data/*.yaml``).
 - :func:`load_benchmark`: the fixed benchmark set written by ``qsmnet simulate --benchmark``.

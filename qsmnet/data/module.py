@@ -46,6 +46,23 @@ def build_dataset(spec: dict, *, validation: bool = False):
     return SimulatedQSMDataset(**spec)
 
 
+def _entries(spec: dict) -> list:
+    """The simulation entries of a precomputed spec (entry k is simulated with seed + k)."""
+    sims = spec.get("simulation") or [{}]
+    return list(sims) if isinstance(sims, list | tuple) else [sims]
+
+
+def _check_held_out(train: dict, val: dict | None) -> None:
+    """Precomputed validation volumes must come from other seeds than the training ones (entry k of
+    a spec uses ``seed + k``), or validation would score volumes the network trained on."""
+    if not train or not val or "cache_dir" not in train or "cache_dir" not in val:
+        return
+    seeds = [{int(s.get("seed", 0)) + k for k in range(len(_entries(s)))} for s in (train, val)]
+    if seeds[0] & seeds[1]:
+        raise ValueError(f"validation seeds {sorted(seeds[1])} overlap the training seeds "
+                         f"{sorted(seeds[0])}: give data.val another seed")
+
+
 class QSMDataModule(L.LightningDataModule):
     """Train/validation data for QSM networks.
 
@@ -85,13 +102,15 @@ class QSMDataModule(L.LightningDataModule):
         if self.val_spec is not None:
             return self.val_spec
         spec = {**self.train_spec, "seed": int(self.train_spec.get("seed", 0)) + 1, "length": 16}
-        if "cache_dir" in spec:  # 4 whole volumes
+        if "cache_dir" in spec:  # 4 whole volumes, seeds past the training entries' (seed + k)
+            spec["seed"] = int(self.train_spec.get("seed", 0)) + len(_entries(self.train_spec))
             for k in ("length", "patch_size", "patches_per_volume"):
                 spec.pop(k, None)
             spec["volumes"] = 4
         return spec
 
     def setup(self, stage: str | None = None) -> None:
+        _check_held_out(self.train_spec, self._val_spec())
         if self.train_set is None:
             self.train_set = build_dataset(self.train_spec)
         if self.val_set is None:

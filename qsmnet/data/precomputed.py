@@ -46,22 +46,35 @@ def _make_volume(spec: dict, indices: Sequence[int], folder: str, threads: int) 
 
     torch.set_num_threads(max(1, threads))
     specs = spec["simulation"]
-    sims = [SimulatedQSMDataset(**sp, patch_size=None, augment=False, length=spec["volumes"],
-                                seed=spec["seed"] + k) for k, sp in enumerate(specs)]
+    sims = [_simulation(sp, spec["volumes"], spec["seed"] + k) for k, sp in enumerate(specs)]
     for i in indices:
         path = Path(folder) / f"vol_{i:05d}.pt"
         if path.exists():
             continue
         s = sims[i % len(sims)].sample(i // len(sims), 0)
         g = s.geometry[0]
-        with torch.no_grad():
-            est = SOLVERS[spec["init"]](s.field[None], s.mask[None], (g,), **spec["init_params"])[0]
+        arrays = {"chi": s.chi, "field": s.field, "mask": s.mask.to(torch.bool)}
+        if spec["init"] is not None:
+            with torch.no_grad():
+                est = SOLVERS[spec["init"]](s.field[None], s.mask[None], (g,), **spec["init_params"])[0]
+            arrays["init"] = est.float()
         tmp = path.with_suffix(".tmp")
-        torch.save({"chi": s.chi, "field": s.field, "mask": s.mask.to(torch.bool), "init": est.float(),
+        torch.save({**arrays,
                     "voxel_size": list(g.voxel_size), "b0_dir": list(g.b0_dir),
                     "noise_std": float(s.meta.get("noise_std") or 0.0)}, tmp)
         os.replace(tmp, path)
 
+
+
+def _simulation(sp: dict, volumes: int, seed: int):
+    """The whole-volume simulation of one ``simulation`` entry: ``phantom: head`` gives a
+    :class:`~qsmnet.data.head.HeadSimulation` (field after acquisition and background removal),
+    any other phantom a :class:`SimulatedQSMDataset`."""
+    if sp.get("phantom") == "head":
+        from .head import HeadSimulation
+
+        return HeadSimulation(**sp, seed=seed)
+    return SimulatedQSMDataset(**sp, patch_size=None, augment=False, length=volumes, seed=seed)
 
 
 def _bar(items, desc: str, enabled: bool, total: int | None = None):
@@ -75,11 +88,14 @@ class PrecomputedDataset(Dataset):
 
     Args:
         cache_dir: root of the cache (a subfolder per spec is used).
-        simulation: keyword arguments of :class:`SimulatedQSMDataset` for the whole volumes
+        simulation: keyword arguments of :class:`SimulatedQSMDataset` for the whole volumes, or of
+            :class:`~qsmnet.data.head.HeadSimulation` with ``phantom: head``
             (``phantom``, ``shape``, ``voxel_size_range``, ``max_tilt_deg``, ``noise_range``, ...),
             or a list of them: volume ``i`` then comes from entry ``i % len(list)`` (e.g. 1 mm
             grids and 2 mm-slice grids of the same field of view).
-        init: solver name of the estimate (:data:`qsmnet.solvers.SOLVERS`), as the network's ``init``.
+        init: solver name of the estimate (:data:`qsmnet.solvers.SOLVERS`), as the network's ``init``;
+            None caches the simulated volumes alone (items then have ``init=None``: for networks
+            that compute their own cheap input, e.g. a plain U-Net's Tikhonov).
         init_params: that solver's parameters, as the network's ``init_params``.
         volumes: number of whole volumes.
         seed: seed of the simulation.
@@ -100,8 +116,9 @@ class PrecomputedDataset(Dataset):
             ``guide_lambda``), computed on the whole volume before cropping and kept in memory per
             volume (not cached on disk: it costs a few FFTs).
 
-    Items are :class:`QSMSample` with ``init`` set; patches and augmentation draw from torch's
-    random generator (seeded per worker by Lightning's ``seed_everything(workers=True)``).
+    Items are :class:`QSMSample` with ``init`` set (unless ``init`` is None); patches and
+    augmentation draw from torch's random generator (seeded per worker by Lightning's
+    ``seed_everything(workers=True)``).
     """
 
     def __init__(
@@ -128,10 +145,10 @@ class PrecomputedDataset(Dataset):
         sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else [dict(simulation)]
         if base is not None and init is None:
             init, init_params = _base_init(str(base))
-        if init is None:
-            raise ValueError("PrecomputedDataset needs init (a solver name) or a base network")
-        self.spec = {"simulation": sims, "init": str(init), "init_params": dict(init_params or {}),
-                     "volumes": int(volumes), "seed": int(seed)}
+        if init is None and guide_lambda is not None:
+            raise ValueError("PrecomputedDataset needs init (a solver name) for a residual guide")
+        self.spec = {"simulation": sims, "init": None if init is None else str(init),
+                     "init_params": dict(init_params or {}), "volumes": int(volumes), "seed": int(seed)}
         self.folder = Path(cache_dir) / _spec_hash(self.spec)
         self.patch_size = None if patch_size is None else _triple(patch_size, "patch_size")
         self.patches_per_volume = max(1, int(patches_per_volume))
@@ -204,8 +221,8 @@ class PrecomputedDataset(Dataset):
             chunks[w].extend(g)
             load[w] += len(g) * math.prod(_triple(specs[k].get("shape", 64), "shape"))
         if progress:
-            print(f"precomputing {len(todo)} volumes with {self.spec['init']} into {self.folder} "
-                  f"({len(chunks)} processes)", flush=True)
+            print(f"precomputing {len(todo)} volumes with {self.spec['init'] or 'no estimate'} into "
+                  f"{self.folder} ({len(chunks)} processes)", flush=True)
         if len(chunks) == 1:
             _make_volume(self.spec, chunks[0], str(self.folder), torch.get_num_threads())
             return
@@ -216,7 +233,7 @@ class PrecomputedDataset(Dataset):
         code = "from qsmnet.data.precomputed import worker_main; worker_main()"
         procs = [subprocess.Popen([sys.executable, "-c", code, str(self.folder), ",".join(str(i) for i in c)])
                  for c in chunks]
-        with _bar(None, f"{self.spec['init']} volumes", progress, total=len(todo)) as bar:
+        with _bar(None, f"{self.spec['init'] or 'simulated'} volumes", progress, total=len(todo)) as bar:
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
                 bar.update(len(todo) - len(self.missing()) - bar.n)
@@ -240,7 +257,7 @@ class PrecomputedDataset(Dataset):
     def __getitem__(self, k: int) -> QSMSample:
         i = int(k) // self.patches_per_volume
         d = self._load(i)
-        arrays = [d["chi"], d["field"], d["mask"].to(torch.float32), d["init"]]
+        arrays = [d["chi"], d["field"], d["mask"].to(torch.float32), d.get("init")]
         shape = tuple(arrays[0].shape[-3:])
         geom = Geometry(shape, tuple(d["voxel_size"]), tuple(d["b0_dir"]))
         if self.guide_lambda is not None:
@@ -249,15 +266,15 @@ class PrecomputedDataset(Dataset):
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         if self.patch_size is not None:
             sl = random_crop(arrays[2][0], self.patch_size, rng, self.min_mask_fraction)
-            arrays = [a[(slice(None), *sl)] for a in arrays]
+            arrays = [None if a is None else a[(slice(None), *sl)] for a in arrays]
             geom = geom.with_(shape=self.patch_size)
         if self.augment:
             out = tuple(arrays[0].shape[-3:])
             axes = [a for a in self.permute_axes if out[a] == out[self.permute_axes[0]]]
             t = random_transform(rng, flip=True, permute=True, axes=axes)
-            arrays = [t.apply(a) for a in arrays]
+            arrays = [None if a is None else t.apply(a) for a in arrays]
             geom = t.geometry(geom)
-        chi, field, mask, init = (a.contiguous().clone() for a in arrays)
+        chi, field, mask, init = (None if a is None else a.contiguous().clone() for a in arrays)
         return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
                          meta={"volume": i, "noise_std": d["noise_std"]})
 
