@@ -43,7 +43,7 @@ DENSE = {
     "medi": (2e-5, 1e-2, 12),
     "tikhonov": (1e-3, 3.0, 22),
     "ilsqr": (3e-3, 3.0, 13),
-    "ndi": (3e-3, 3.0, 9),
+    "ndi": (1.5e-2, 1.0, 7),  # below 1e-2 the descent needs ~1000 iterations per point
 }
 CHOOSERS = ("auto", "lcurve", "freq", "noise")
 
