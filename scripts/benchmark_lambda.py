@@ -12,7 +12,7 @@ Cases (combine freely):
   WM-weighted non-dipolar field, edge errors) plus white noise, rescaled so that the unexplained
   fraction ``||f - D chi|| / ||f||`` (demeaned, in the mask) is ``--model-error`` (default 0.6)
   with 30 % of that error energy white (the in vivo figures in ``docs/regularisation.md``);
-  VOXEL ``1`` or ``1x1x2``, TILT the B0 tilt in degrees;
+  VOXEL ``1`` or ``AxBxC`` in mm (e.g. ``1x1x2``: 160x160x80), TILT the B0 tilt in degrees;
 - ``--cases DIR ...``: case folders holding ``chi.nii.gz``, ``field.nii.gz``, ``mask.nii.gz``;
 - ``--benchmark DIR``: the set written by ``qsmnet simulate --benchmark``.
 
@@ -36,15 +36,16 @@ from qsmnet.solvers import get_solver
 from qsmnet.solvers.base import prepare
 from qsmnet.solvers.lam import as_lambda
 
-#: dense sweep per solver: (lowest, highest, points); ilsqr / ndi sweep their iteration count.
+#: dense sweep per solver: (lowest, highest, points); ilsqr / ndi sweep their damping (each
+#: point run to the solver's tolerance, warm-started from the previous one).
 DENSE = {
     "tv": (2e-5, 1e-2, 12),
     "medi": (2e-5, 1e-2, 12),
     "tikhonov": (1e-3, 3.0, 22),
+    "ilsqr": (3e-3, 3.0, 13),
+    "ndi": (1.5e-2, 1.0, 7),  # below 1e-2 the descent needs ~1000 iterations per point
 }
 CHOOSERS = ("auto", "lcurve", "freq", "noise")
-#: path lengths of the early-stopped solvers (their ``iterations`` defaults)
-ITERS = {"ilsqr": 60, "ndi": 200}
 
 
 def realistic_case(seed: int, size: int, voxel: str, tilt: float, model_error: float = 0.6) -> dict:
@@ -52,8 +53,8 @@ def realistic_case(seed: int, size: int, voxel: str, tilt: float, model_error: f
     from qsmnet.sim.brain import brain_phantom
     from qsmnet.sim.forward import simulate
 
-    vs = (1.0, 1.0, 2.0) if voxel == "1x1x2" else (float(voxel),) * 3
-    shape = (size, size, size // 2) if voxel == "1x1x2" else (size,) * 3
+    vs = tuple(float(v) for v in voxel.split("x")) if "x" in voxel else (float(voxel),) * 3
+    shape = tuple(max(8, round(size * min(vs) / v)) for v in vs)  # same field of view per axis
     ph = brain_phantom(shape, vs, seed=seed, scale=1.0)
     t = math.radians(tilt)
     geom = Geometry(shape, vs, (math.sin(t) * 0.6, math.sin(t) * 0.8, math.cos(t)))
@@ -137,20 +138,19 @@ def dense_sweep(solver: str, c: dict) -> list[tuple[float, float]]:
             (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam)), c))
             for lam in np.logspace(math.log10(lo), math.log10(hi), n)
         ]
+    from qsmnet.solvers.ilsqr import cg_solve
+    from qsmnet.solvers.ndi import DEFAULT_PHASE_SCALE, descend
+
     p = prepare(c["field"], c["mask"], c["geom"])
-    if solver == "ilsqr":
-        from qsmnet.solvers.ilsqr import cg_path
-
-        path = ((k, x) for k, x, _ in cg_path(p))
-    else:
-        from qsmnet.solvers.ndi import DEFAULT_PHASE_SCALE, descent_path
-
-        path = ((k, x) for k, x, _ in descent_path(p, p.mask, DEFAULT_PHASE_SCALE, 2.0, 1e-6))
-    out = []
-    for k, x in path:
-        out.append((float(k), err((x * p.mask)[0, 0], c)))
-        if k >= ITERS[solver]:
-            return out
+    lo, hi, n = DENSE[solver]
+    out, x = [], None
+    for lam in np.logspace(math.log10(hi), math.log10(lo), n):
+        if solver == "ilsqr":
+            x, _, _ = cg_solve(p, float(lam), 1e-3, 500, x)
+        else:
+            x, _, _ = descend(p, p.mask, DEFAULT_PHASE_SCALE, 2.0, float(lam), 1e-4, 1000, x)
+        out.append((float(lam), err((x * p.mask)[0, 0], c)))
+    return out
 
 
 def run_solver(solver: str, c: dict, choosers) -> list[dict]:
@@ -161,7 +161,7 @@ def run_solver(solver: str, c: dict, choosers) -> list[dict]:
     best_lam, best_err = min(dense, key=lambda r: r[1])
     f = get_solver(solver)
     t0 = time.perf_counter()
-    x = f(c["field"], c["mask"], c["geom"], lam=best_lam) if solver in DENSE else None
+    x = f(c["field"], c["mask"], c["geom"], lam=best_lam)
     t_one = time.perf_counter() - t0
     rows = []
     for ch in choosers:
@@ -170,13 +170,12 @@ def run_solver(solver: str, c: dict, choosers) -> list[dict]:
         x = f(c["field"], c["mask"], c["geom"], lam=ch, info=info)
         dt = time.perf_counter() - t0
         e = err(x, c)
-        lam = info.get("lambda") if solver in DENSE else info.get("iterations")
+        lam = info.get("lambda")
         raw = None
         if "lambda_sweep" in info:
             from qsmnet.solvers.select import Sweep, frequency_analysis
 
             raw = frequency_analysis(Sweep.from_summary(info["lambda_sweep"]), 1.0)
-            raw = raw if solver in DENSE else 1.0 / raw
         rows.append(
             dict(
                 case=c["name"],
@@ -192,6 +191,7 @@ def run_solver(solver: str, c: dict, choosers) -> list[dict]:
                 cone_power=rho,
                 penalty=e / best_err - 1,
                 seconds=dt,
+                iterations=info.get("iterations"),
                 one_solve_s=t_one,
                 dense=dense,
             )
@@ -227,11 +227,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            chs = [ch for ch in args.choosers if s in ("tv", "medi", "tikhonov") or ch != "noise"]
-            chs = [
-                ch for ch in chs if not (ch == "freq" and "auto" in chs and s in ITERS)
-            ]  # auto is freq there
-            rows += run_solver(s, c, chs)
+            rows += run_solver(s, c, args.choosers)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

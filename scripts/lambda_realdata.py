@@ -28,6 +28,7 @@ RUNS = [
     ("tv", "lcurve"),
     ("tv", "noise"),
     ("tikhonov", "auto"),
+    ("medi", "auto"),
     ("ilsqr", "auto"),
     ("ndi", "auto"),
 ]
@@ -71,8 +72,8 @@ def main(argv=None) -> None:
             res = (op.A(chi) - field) * mask
             rel = float(res.norm() / field.norm())
             lam_used = info.get("lambda")
-            label = f"{solver} {lam}: " + (
-                f"λ {lam_used:.3g}" if solver not in ("ilsqr", "ndi") else f"stop {info['iterations']}"
+            label = f"{solver} {lam}: λ {lam_used:.3g}" + (
+                f", {info['iterations']} it" if solver in ("ilsqr", "ndi") else ""
             )
             rows.append(
                 dict(

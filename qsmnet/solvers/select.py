@@ -1,8 +1,7 @@
 """Choosing a solver's regularisation from a sweep of its own solutions.
 
 A *sweep* solves the problem for a decreasing sequence of regularisation weights, each solve
-warm-started from its neighbour's state (or, for iterative solvers regularised by early stopping,
-it records the solver's own iterate path), and keeps per weight: the data misfit
+warm-started from its neighbour's state, and keeps per weight: the data misfit
 ``||M (A chi - f)||``, the regulariser's value and the k-space power of chi near and far from the
 magic-angle cone. Choosers then read the record:
 
@@ -25,8 +24,8 @@ power on the magic-angle cone, where a dipole field has none. Model error on pat
 white nor visible to the Laplacian noise estimate, but it does put power on the cone. Measured
 comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
 
-Solvers regularised by early stopping (ilsqr, ndi) use ``"freq"`` (or ``"lcurve"``) on their own
-iterate path, weight 1/k (:func:`choose_on_path`).
+ilsqr and ndi are damped problems run to convergence; their ``"model"`` weight is the damping
+rule :func:`qsmnet.solvers.ilsqr.auto_damping`.
 
 Every solver that takes ``lam`` accepts ``"auto"`` (:data:`AUTO_METHOD`), ``"model"``,
 ``"lcurve"``, ``"freq"``, ``"noise"`` (the former auto rule of :mod:`.lam`) or a number, and
@@ -47,9 +46,8 @@ import torch
 from .base import Problem
 
 #: The chooser behind ``lam="auto"`` (measured in ``docs/regularisation.md``): the model-error-aware
-#: noise balance for solvers with a weight, the frequency balance on the path of early-stopped ones.
+#: model-error-aware noise balance, for every solver with a weight.
 AUTO_METHOD = "model"
-AUTO_PATH_METHOD = "freq"
 #: Choosers by name (``"noise"`` is the old white-noise balance rule, kept for comparison).
 CHOOSERS = ("model", "lcurve", "freq", "noise")
 #: Model-error correction of the noise balance: lambda x max(1, rho / RHO0) ** RHO_EXPONENT with
@@ -73,7 +71,7 @@ class Sweep:
     """The record of a regularisation sweep (weights in the order solved: decreasing).
 
     Attributes:
-        lams: regularisation weights (or, for early-stopped solvers, 1 / iteration).
+        lams: regularisation weights.
         misfit: ``||M (A chi - f)|| / ||M f||`` per weight.
         penalty: the regulariser's value per weight (TV, ``||grad chi||^2``, ``||chi||``).
         cone, far: mean ``|F chi|`` on the cone / far from it (same |k| band) per weight.
@@ -267,22 +265,15 @@ def model_error_factor(p: Problem) -> float:
     return max(1.0, cone_power(p) / RHO0) ** RHO_EXPONENT
 
 
-def resolve(lam, path: bool = False) -> str:
+def resolve(lam) -> str:
     """The chooser a ``lam`` argument asks for: ``"fixed"`` (a number) or a chooser name.
-
-    ``path``: the solver is regularised by early stopping (``"auto"`` is then
-    :data:`AUTO_PATH_METHOD`, and only ``"lcurve"`` / ``"freq"`` apply).
 
     Raises:
         ValueError: a string that names no chooser, or a non-positive number.
     """
     if isinstance(lam, str):
         name = lam.lower()
-        name = (AUTO_PATH_METHOD if path else AUTO_METHOD) if name == "auto" else name
-        if path and name in ("model", "noise"):
-            raise ValueError(
-                f"an early-stopped solver chooses its stop with 'auto', 'lcurve' or 'freq', not {lam!r}"
-            )
+        name = AUTO_METHOD if name == "auto" else name
         if name not in CHOOSERS:
             raise ValueError(
                 f"lambda must be a positive number or one of auto, {', '.join(CHOOSERS)}; got {lam!r}"
@@ -317,36 +308,6 @@ def run_sweep(
         sweep.record(p, lam, chi, pen, masks)
         sweep.states.append(dict(state))
     return sweep
-
-
-def choose_on_path(
-    p: Problem, iterate, max_iter: int, method: str, freq_factor: float | None = None
-) -> tuple[int, Sweep]:
-    """Choose the stopping iteration of a solver regularised by early stopping.
-
-    The iterates ``chi_k`` of such a solver (CG on the normal equations, gradient descent) trace
-    a regularisation path with weight ~ 1/k; the path is recorded as a sweep over ``1/k``
-    (misfit, ``||chi_k||`` as the penalty, cone ratio) and the chooser picks k.
-
-    Args:
-        p: the problem (batch of one).
-        iterate: a generator of ``(k, chi_k)``, chi_k (1, 1, X, Y, Z), k = 1, 2, ...
-        max_iter: length of the path.
-        method: ``"lcurve"`` or ``"freq"``.
-        freq_factor: the solver's multiplier on the frequency-balance weight 1/k.
-
-    Returns:
-        (chosen iteration, the path as a :class:`Sweep`).
-    """
-    masks = frequency_masks(p)
-    sweep = Sweep()
-    for k, chi in iterate:
-        x = chi * p.mask
-        sweep.record(p, 1.0 / k, x, float(x.norm()), masks)
-        if k >= max_iter:
-            break
-    lam = choose(sweep, method, freq_factor)
-    return max(1, min(len(sweep.lams), int(round(1.0 / lam)))), sweep
 
 
 def nearest_state(sweep: Sweep, lam: float) -> dict:
