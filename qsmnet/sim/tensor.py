@@ -17,6 +17,7 @@ a head in air, pass chi minus the chi of air (so that the outside is zero).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,6 +78,22 @@ def moment_field(
         acc = spec * c if acc is None else acc + spec * c
     out = torch.fft.irfftn(acc, s=s)[: shape[0], : shape[1], : shape[2]]
     return out.contiguous() if dtype == torch.float64 else out.to(torch.float32).contiguous()
+
+
+def lowpass(x: torch.Tensor, start: float = 0.5) -> torch.Tensor:
+    """Band-limit (X, Y, Z) ``x``: raised-cosine roll-off from ``start`` to 1 of the Nyquist radius.
+
+    The radius is ``|k| / k_Nyquist`` per axis (so the roll-off is isotropic in voxel units); the
+    corners beyond radius 1 are removed. Used on sharp sources before an oblique-B0 forward: the
+    discrete kernel's high-k part at an oblique angle turns an unresolved edge into ringing.
+    """
+    s = tuple(x.shape[-3:])
+    fr = [torch.as_tensor(2.0 * np.fft.fftfreq(n), dtype=torch.float64, device=x.device) for n in s]
+    fr[2] = fr[2][: s[2] // 2 + 1]
+    r = torch.sqrt(fr[0][:, None, None] ** 2 + fr[1][None, :, None] ** 2 + fr[2][None, None, :] ** 2)
+    ramp = 0.5 * (1.0 + torch.cos(math.pi * (r - start) / (1.0 - start)))
+    w = torch.where(r < start, torch.ones_like(r), torch.where(r < 1.0, ramp, torch.zeros_like(r)))
+    return torch.fft.irfftn(torch.fft.rfftn(x.double()) * w, s=s).to(x.dtype)
 
 
 def tensor_moment(
