@@ -45,7 +45,7 @@ def head_fields(
 
     ``anisotropy``: include the WM tensor anisotropy; ``micro``: include the non-convolutional
     offsets (hollow cylinder and texture); ``bandlimit``: if given, the sources outside the brain
-    (``chi - CHI_AIR - brain_chi``, isotropic) are low-passed from this fraction of Nyquist
+    (``chi - CHI_AIR - brain_chi``, isotropic) are Gaussian-smoothed with this sigma in voxels
     (:func:`~qsmnet.sim.tensor.lowpass`) before their forward, and the total is the brain's own
     field plus theirs. Use it with oblique B0: the unresolved 9.4 ppm air edge otherwise rings
     through the discrete kernel into a non-harmonic background inside the brain. The brain's chi

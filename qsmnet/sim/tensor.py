@@ -80,19 +80,18 @@ def moment_field(
     return out.contiguous() if dtype == torch.float64 else out.to(torch.float32).contiguous()
 
 
-def lowpass(x: torch.Tensor, start: float = 0.5) -> torch.Tensor:
-    """Band-limit (X, Y, Z) ``x``: raised-cosine roll-off from ``start`` to 1 of the Nyquist radius.
+def lowpass(x: torch.Tensor, sigma: float = 0.7) -> torch.Tensor:
+    """Gaussian low-pass of (X, Y, Z) ``x``, ``sigma`` in voxels (applied in k-space, periodic).
 
-    The radius is ``|k| / k_Nyquist`` per axis (so the roll-off is isotropic in voxel units); the
-    corners beyond radius 1 are removed. Used on sharp sources before an oblique-B0 forward: the
-    discrete kernel's high-k part at an oblique angle turns an unresolved edge into ringing.
+    Used on sharp sources before an oblique-B0 forward: the discrete kernel's high-k part at an
+    oblique angle turns an unresolved edge into ringing. A Gaussian (not a sharp window) keeps the
+    smoothed source within a few voxels of where it was, so none of it leaks far into the brain.
     """
     s = tuple(x.shape[-3:])
-    fr = [torch.as_tensor(2.0 * np.fft.fftfreq(n), dtype=torch.float64, device=x.device) for n in s]
+    fr = [torch.as_tensor(np.fft.fftfreq(n), dtype=torch.float64, device=x.device) for n in s]
     fr[2] = fr[2][: s[2] // 2 + 1]
-    r = torch.sqrt(fr[0][:, None, None] ** 2 + fr[1][None, :, None] ** 2 + fr[2][None, None, :] ** 2)
-    ramp = 0.5 * (1.0 + torch.cos(math.pi * (r - start) / (1.0 - start)))
-    w = torch.where(r < start, torch.ones_like(r), torch.where(r < 1.0, ramp, torch.zeros_like(r)))
+    f2 = fr[0][:, None, None] ** 2 + fr[1][None, :, None] ** 2 + fr[2][None, None, :] ** 2
+    w = torch.exp(-2.0 * math.pi**2 * sigma**2 * f2)
     return torch.fft.irfftn(torch.fft.rfftn(x.double()) * w, s=s).to(x.dtype)
 
 
