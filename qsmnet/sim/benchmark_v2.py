@@ -90,7 +90,8 @@ def _labels_down(labels: torch.Tensor, f) -> torch.Tensor:
 def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng) -> tuple[dict, Geometry, dict]:
     f = FACTORS.get(voxel, (1, 1, 1))
     b0 = _b0(TILTS[orientation])
-    total, local = head_fields(ph, vs_fine, b0, dtype=torch.float64)
+    oblique = TILTS[orientation] != 0.0  # band-limit the air edge's source (docs/realism.md)
+    total, local = head_fields(ph, vs_fine, b0, bandlimit=0.7 if oblique else None, dtype=torch.float64)
     acq = acquire(total.float(), ph.m0, ph.r2star, vs_fine, rng, snr=SNR, factors=f)
     vs = tuple(v * k for v, k in zip(vs_fine, f, strict=True))
     brain = (block_mean(ph.mask, f) >= 0.5).float()
