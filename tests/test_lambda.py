@@ -193,3 +193,26 @@ def test_forward_model_of_the_test_case_is_consistent():
     chi, field, mask, geom = smooth_phantom(5)
     ours = forward_field(chi, geom.voxel_size, geom.b0_dir, pad=True) * mask
     assert float((ours - field).norm() / field.norm()) < 0.05
+
+
+def test_tikhonov_auto_is_floored_at_the_frequency_balance_only_under_model_error():
+    # Tikhonov's "model" rule: the noise balance x model-error factor, and where the cone power shows
+    # model error at least the frequency-balance weight (the noise balance fell 3-29x short on
+    # whole heads); on white-noise data it stays the noise balance.
+    chi, field, mask, geom = smooth_phantom(7, n=31)
+    g = torch.Generator().manual_seed(7)
+    white = (field + 0.2 * float(field[mask > 0].std()) * torch.randn(field.shape, generator=g)) * mask
+    bumps = torch.nn.functional.avg_pool3d(torch.randn((1, 1) + field.shape, generator=g), 3, 1, 1)[0, 0]
+    bumps = bumps / bumps[mask > 0].std() * float(field[mask > 0].std())
+    model = (field + bumps) * mask
+    lam = {}
+    for name, f in (("white", white), ("model", model)):
+        for rule in ("auto", "noise", "freq"):
+            info = {}
+            SOLVERS["tikhonov"](f, mask, geom, lam=rule, info=info)
+            lam[name, rule] = info["lambda"]
+    fac_white = select.model_error_factor(prepare(white, mask, geom))
+    fac_model = select.model_error_factor(prepare(model, mask, geom))
+    assert lam["white", "auto"] == pytest.approx(lam["white", "noise"] * fac_white, rel=1e-5)
+    assert lam["model", "freq"] > 1.2 * lam["model", "noise"] * fac_model  # the floor matters here
+    assert lam["model", "auto"] == pytest.approx(lam["model", "freq"], rel=1e-5)

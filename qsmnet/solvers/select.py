@@ -260,9 +260,10 @@ def choose(sweep: Sweep, method: str, freq_factor: float | None = None) -> float
     return lam
 
 
-def model_error_factor(p: Problem) -> float:
-    """The factor ``max(1, rho / RHO0) ** RHO_EXPONENT`` by which ``"model"`` raises the noise balance."""
-    return max(1.0, cone_power(p) / RHO0) ** RHO_EXPONENT
+def model_error_factor(p: Problem, rho: float | None = None) -> float:
+    """The factor ``max(1, rho / RHO0) ** RHO_EXPONENT`` by which ``"model"`` raises the noise balance
+    (``rho``: :func:`cone_power` of ``p``, computed when not given)."""
+    return max(1.0, (cone_power(p) if rho is None else rho) / RHO0) ** RHO_EXPONENT
 
 
 def resolve(lam) -> str:
