@@ -50,6 +50,9 @@ class HeadSimulation:
         bfr: background-field removal, "vsharp" or "pdf".
         haemorrhage_prob: probability that a head carries 1-2 haemorrhages.
         anisotropy, micro: include the WM tensor anisotropy / the non-convolutional offsets.
+        oblique_bandlimit: Gaussian sigma (voxels) of the extracerebral sources when B0 is oblique
+            to the grid (``head_fields(bandlimit=)``, docs/realism.md; benchmark v2 uses 0.7); None
+            keeps them sharp, which leaves a ringing, non-harmonic background at oblique B0.
         brain_reuse: consecutive volumes drawn from one head.
         margin: voxels kept around the eroded mask's bounding box.
         seed: base seed (not :data:`qsmnet.sim.benchmark_v2.BENCHMARK_V2_SEED`).
@@ -67,6 +70,7 @@ class HeadSimulation:
         haemorrhage_prob: float = 0.2,
         anisotropy: bool = True,
         micro: bool = True,
+        oblique_bandlimit: float | None = None,
         brain_reuse: int = 1,
         margin: int = 6,
         seed: int = 0,
@@ -91,6 +95,7 @@ class HeadSimulation:
         self.haemorrhage_prob = float(haemorrhage_prob)
         self.anisotropy = bool(anisotropy)
         self.micro = bool(micro)
+        self.oblique_bandlimit = None if oblique_bandlimit is None else float(oblique_bandlimit)
         self.brain_reuse = max(1, int(brain_reuse))
         self.margin = int(margin)
         self.seed = int(seed)
@@ -120,7 +125,9 @@ class HeadSimulation:
         ph, vs = self.head(int(i) // self.brain_reuse)
         rng = np.random.default_rng([self.seed, int(i), TAG + 1])
         b0 = random_b0_dir(rng, self.max_tilt_deg)
-        total, _ = head_fields(ph, vs, b0, anisotropy=self.anisotropy, micro=self.micro)
+        oblique = float(np.max(np.abs(b0))) < 1.0 - 1e-9
+        bandlimit = self.oblique_bandlimit if oblique else None
+        total, _ = head_fields(ph, vs, b0, anisotropy=self.anisotropy, micro=self.micro, bandlimit=bandlimit)
         snr = float(rng.uniform(*self.snr_range))
         acq = acquire(total, ph.m0, ph.r2star, vs, rng, snr=snr, factors=self.factors)
         vsa = tuple(v * f for v, f in zip(vs, self.factors, strict=True))

@@ -31,6 +31,11 @@ DEFAULT_TE = (0.004, 0.009, 0.014, 0.019, 0.024)
 DEFAULT_SNR = 30.0
 
 
+#: Gaussian sigma (voxels) of the extracerebral sources at oblique B0 (benchmark v2, the ``head``
+#: phantom command; docs/realism.md: 45 deg remnant after V-SHARP 0.045 -> 0.0045 ppm).
+OBLIQUE_BANDLIMIT = 0.7
+
+
 def head_fields(
     ph: HeadPhantom,
     voxel_size: Sequence[float],

@@ -36,7 +36,7 @@ import torch
 
 from qsmnet.physics import Geometry, forward_field
 
-from .acquire import DEFAULT_SNR, DEFAULT_TE, acquire, block_mean, head_fields
+from .acquire import DEFAULT_SNR, DEFAULT_TE, OBLIQUE_BANDLIMIT, acquire, block_mean, head_fields
 from .benchmark import data_sha256, make_benchmark, write_case
 from .head import head_phantom
 
@@ -91,7 +91,8 @@ def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng) -> 
     f = FACTORS.get(voxel, (1, 1, 1))
     b0 = _b0(TILTS[orientation])
     oblique = TILTS[orientation] != 0.0  # band-limit the air edge's source (docs/realism.md)
-    total, local = head_fields(ph, vs_fine, b0, bandlimit=0.7 if oblique else None, dtype=torch.float64)
+    bandlimit = OBLIQUE_BANDLIMIT if oblique else None
+    total, local = head_fields(ph, vs_fine, b0, bandlimit=bandlimit, dtype=torch.float64)
     acq = acquire(total.float(), ph.m0, ph.r2star, vs_fine, rng, snr=SNR, factors=f)
     vs = tuple(v * k for v, k in zip(vs_fine, f, strict=True))
     brain = (block_mean(ph.mask, f) >= 0.5).float()
