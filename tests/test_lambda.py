@@ -175,14 +175,19 @@ def test_info_reports_lambda_and_method(name):
     assert "lambda_sweep" not in fixed
 
 
-def test_model_error_factor_sees_non_dipolar_error_and_not_white_noise():
+def _white_and_model_fields():
+    """A phantom's field with white noise, and with a smooth non-dipolar perturbation as large as
+    the field (anisotropy, background remnants); returns (white, model, mask, geometry)."""
     chi, field, mask, geom = smooth_phantom(7, n=31)
     g = torch.Generator().manual_seed(7)
     white = (field + 0.2 * float(field[mask > 0].std()) * torch.randn(field.shape, generator=g)) * mask
-    # a smooth non-dipolar perturbation as large as the field (anisotropy, background remnants)
     bumps = torch.nn.functional.avg_pool3d(torch.randn((1, 1) + field.shape, generator=g), 3, 1, 1)[0, 0]
     bumps = bumps / bumps[mask > 0].std() * float(field[mask > 0].std())
-    model = (field + bumps) * mask
+    return white, (field + bumps) * mask, mask, geom
+
+
+def test_model_error_factor_sees_non_dipolar_error_and_not_white_noise():
+    white, model, mask, geom = _white_and_model_fields()
     f_white = select.model_error_factor(prepare(white, mask, geom))
     f_model = select.model_error_factor(prepare(model, mask, geom))
     assert f_white < 1.5 < 2.5 < f_model
@@ -199,12 +204,7 @@ def test_tikhonov_auto_is_floored_at_the_frequency_balance_only_under_model_erro
     # Tikhonov's "model" rule: the noise balance x model-error factor, and where the cone power shows
     # model error at least the frequency-balance weight (the noise balance fell 3-29x short on
     # whole heads); on white-noise data it stays the noise balance.
-    chi, field, mask, geom = smooth_phantom(7, n=31)
-    g = torch.Generator().manual_seed(7)
-    white = (field + 0.2 * float(field[mask > 0].std()) * torch.randn(field.shape, generator=g)) * mask
-    bumps = torch.nn.functional.avg_pool3d(torch.randn((1, 1) + field.shape, generator=g), 3, 1, 1)[0, 0]
-    bumps = bumps / bumps[mask > 0].std() * float(field[mask > 0].std())
-    model = (field + bumps) * mask
+    white, model, mask, geom = _white_and_model_fields()
     lam = {}
     for name, f in (("white", white), ("model", model)):
         for rule in ("auto", "noise", "freq"):

@@ -220,10 +220,10 @@ def _run_head(args, out, geom) -> int:
     from qsmnet.sim.acquire import (
         DEFAULT_SNR,
         DEFAULT_TE,
-        OBLIQUE_BANDLIMIT,
         acquire,
         block_mean,
         head_fields,
+        oblique_bandlimit,
     )
     from qsmnet.sim.benchmark import write_case
     from qsmnet.sim.head import head_phantom
@@ -242,8 +242,8 @@ def _run_head(args, out, geom) -> int:
     fine_shape = tuple(n * f for n, f in zip(geom.shape, factors, strict=True))
     rng = np.random.default_rng(args.seed)
     ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0)
-    oblique = max(abs(float(c)) for c in geom.b0_dir) < 1.0 - 1e-9  # smooth the air edge (docs/realism.md)
-    total, local = head_fields(ph, fine_vs, geom.b0_dir, bandlimit=OBLIQUE_BANDLIMIT if oblique else None)
+    # smooth the air edge's source at oblique B0 (docs/realism.md)
+    total, local = head_fields(ph, fine_vs, geom.b0_dir, bandlimit=oblique_bandlimit(geom.b0_dir))
     snr = DEFAULT_SNR if args.snr is None else float(args.snr)
     acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
     mask = (block_mean(ph.mask, factors) >= 0.5).float()

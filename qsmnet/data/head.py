@@ -117,7 +117,7 @@ class HeadSimulation:
     def sample(self, i: int, epoch: int = 0) -> QSMSample:
         """Volume ``i`` (deterministic; ``epoch`` is accepted for the simulated datasets' interface
         and must be 0: cached volumes do not change between epochs)."""
-        from qsmnet.sim.acquire import acquire, block_mean, head_fields
+        from qsmnet.sim.acquire import acquire, block_mean, head_fields, oblique_bandlimit
         from qsmnet.sim.benchmark_v2 import _crop_box
 
         if epoch:
@@ -125,8 +125,7 @@ class HeadSimulation:
         ph, vs = self.head(int(i) // self.brain_reuse)
         rng = np.random.default_rng([self.seed, int(i), TAG + 1])
         b0 = random_b0_dir(rng, self.max_tilt_deg)
-        oblique = float(np.max(np.abs(b0))) < 1.0 - 1e-9
-        bandlimit = self.oblique_bandlimit if oblique else None
+        bandlimit = oblique_bandlimit(b0, self.oblique_bandlimit)
         total, _ = head_fields(ph, vs, b0, anisotropy=self.anisotropy, micro=self.micro, bandlimit=bandlimit)
         snr = float(rng.uniform(*self.snr_range))
         acq = acquire(total, ph.m0, ph.r2star, vs, rng, snr=snr, factors=self.factors)

@@ -36,6 +36,12 @@ DEFAULT_SNR = 30.0
 OBLIQUE_BANDLIMIT = 0.7
 
 
+def oblique_bandlimit(b0_dir, sigma: float | None = OBLIQUE_BANDLIMIT) -> float | None:
+    """``sigma`` when ``b0_dir`` (voxel axes) is oblique to the grid, else None (the ``bandlimit``
+    of :func:`head_fields`)."""
+    return sigma if max(abs(float(c)) for c in b0_dir) < 1.0 - 1e-9 else None
+
+
 def head_fields(
     ph: HeadPhantom,
     voxel_size: Sequence[float],
