@@ -18,7 +18,8 @@ Writes, under ``--out`` (default ``docs/``):
 automatic λ and the shipped networks) on the ``--tiers`` of benchmark v2 (``qsmnet simulate
 --benchmark-v2 -o DIR``) and writes ``benchmark_v2_table.md``, ``benchmark_v2/*.csv``,
 ``figures/benchmark_v2_slices.png``, and the README block between the BENCHMARK_V2 markers (CPU, 2
-threads: ~1 h).
+threads: ~1 h). ``--reuse docs/benchmark_v2 --rerun tv`` keeps the other methods' rows of the last run
+and recomputes only the named methods (and the figure case).
 
 The benchmark set is generated into the cache on first use (see ``qsmnet.compare.benchmark_cache_dir``).
 """
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="v2 tiers (default: realistic pathology)")
     p.add_argument("--methods", nargs="+", default=None, help="v2 methods (default: V2_METHODS)")
     p.add_argument("--names", nargs="+", default=None, help="only these v2 cases (default: all of --tiers)")
+    p.add_argument("--reuse", metavar="DIR", default=None,
+                   help="v2: keep the (case, method) rows of DIR/metrics.csv and DIR/roi.csv (e.g. "
+                        "docs/benchmark_v2) instead of recomputing them, except for --rerun methods")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="METHOD",
+                   help="v2 with --reuse: methods recomputed on every case (their code changed)")
     args = p.parse_args(argv)
     if args.v2:
         return _benchmark_v2(args)
@@ -176,7 +182,9 @@ def _benchmark_v2(args) -> int:
 
     import qsmnet
     from qsmnet.compare import load_cases, run_comparison, summary_markdown
+    from qsmnet.compare.core import ComparisonResult, _summarise
     from qsmnet.compare.figures import safe_name
+    from qsmnet.compare.tables import write_csv
 
     root = Path(args.v2)
     tiers = {n: c["tier"] for n, c in json.loads((root / "cases.json").read_text())["cases"].items()}
@@ -187,15 +195,34 @@ def _benchmark_v2(args) -> int:
     methods = args.methods or V2_METHODS
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    reused_rows, reused_roi = _read_rows(Path(args.reuse)) if args.reuse else ({}, {})
     tmp = Path(tempfile.mkdtemp(prefix="qsmnet-readme-v2-"))
+    rows, roi = [], []
     try:
         cases = load_cases("benchmark", names=names, benchmark_dir=root)
-        res = run_comparison(methods, cases, out_dir=tmp, device=args.device)
-        shutil.copy(tmp / f"slices_{safe_name(cases[0].name)}.png",
-                    out / "figures" / "benchmark_v2_slices.png")
+        for i, case in enumerate(cases):
+            todo = [m for m in methods if m in args.rerun or (case.name, m) not in reused_rows]
+            if i == 0 and todo:
+                todo = list(methods)  # the figure case: every panel from this run
+            part = run_comparison(todo, [case], out_dir=tmp / str(i), device=args.device,
+                                  figures=i == 0) if todo else None
+            got = {r["method"]: r for r in part.rows} if part else {}
+            rows += [got[m] if m in got else reused_rows[(case.name, m)] for m in methods]
+            fresh = {} if part is None else {m: [r for r in part.roi if r["method"] == m]
+                                             for m in ("truth", *got)}
+            for m in ("truth", *methods):
+                roi += fresh[m] if m in fresh else reused_roi.get((case.name, m), [])
+            if i == 0 and part:
+                shutil.copy(tmp / "0" / f"slices_{safe_name(case.name)}.png",
+                            out / "figures" / "benchmark_v2_slices.png")
+            if kept := [m for m in methods if m not in got]:
+                print(f"{case.name}: reused {', '.join(kept)}", file=sys.stderr)
+        res = ComparisonResult(rows, _summarise(rows, list(methods)), roi)
         (out / "benchmark_v2").mkdir(exist_ok=True)
-        for name in ("metrics.csv", "summary.csv", "roi.csv"):
-            shutil.copy(tmp / name, out / "benchmark_v2" / name)
+        write_csv(rows, out / "benchmark_v2" / "metrics.csv")
+        write_csv(res.summary, out / "benchmark_v2" / "summary.csv")
+        write_csv(roi, out / "benchmark_v2" / "roi.csv",
+                  columns=("case", "method", "label", "roi", "mean_ppm"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     device = res.rows[0]["device"]
@@ -205,7 +232,9 @@ def _benchmark_v2(args) -> int:
     vs_tv = _vs_tv(rows) if "tv" in methods and set(methods) & set(shipped_networks()) else []
     cmd = f"python scripts/make_readme_figures.py --v2 {args.v2} --tiers {' '.join(args.tiers)}" + (
         f" --methods {' '.join(args.methods)}" if args.methods else "") + (
-        f" --names {' '.join(args.names)}" if args.names else "")
+        f" --names {' '.join(args.names)}" if args.names else "") + (
+        f" --reuse {args.reuse}" if args.reuse else "") + (
+        f" --rerun {' '.join(args.rerun)}" if args.rerun else "")
     text = [
         "<!-- generated by scripts/make_readme_figures.py --v2; do not edit by hand -->",
         f"Benchmark v2, tiers {', '.join(args.tiers)} ({len(cases)} cases: real-size simulated heads, local"
@@ -229,6 +258,26 @@ def _benchmark_v2(args) -> int:
     _embed_in_readme("\n".join(text), V2_START, V2_END)
     print((out / "benchmark_v2_table.md").read_text())
     return 0
+
+
+def _read_rows(folder: Path) -> tuple[dict, dict]:
+    """A previous v2 run's ``metrics.csv`` rows by (case, method), numeric columns as floats, and its
+    ``roi.csv`` rows grouped by (case, method)."""
+    import csv
+
+    from qsmnet.compare.core import NUMERIC
+
+    rows = {}
+    with open(folder / "metrics.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows[(r["case"], r["method"])] = {k: float(v or "nan") if k in NUMERIC else v
+                                              for k, v in r.items()}
+    roi: dict = {}
+    with open(folder / "roi.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            roi.setdefault((r["case"], r["method"]), []).append(
+                {**r, "label": int(r["label"]), "mean_ppm": float(r["mean_ppm"])})
+    return rows, roi
 
 
 README_START, README_END = "<!-- BENCHMARK:START -->", "<!-- BENCHMARK:END -->"
