@@ -14,7 +14,12 @@ Cases (combine freely):
   with 30 % of that error energy white (the in vivo figures in ``docs/regularisation.md``);
   VOXEL ``1`` or ``AxBxC`` in mm (e.g. ``1x1x2``: 160x160x80), TILT the B0 tilt in degrees;
 - ``--cases DIR ...``: case folders holding ``chi.nii.gz``, ``field.nii.gz``, ``mask.nii.gz``;
-- ``--benchmark DIR``: the set written by ``qsmnet simulate --benchmark``.
+- ``--benchmark DIR``: the set written by ``qsmnet simulate --benchmark``;
+- ``--v2 DIR --names NAME ...``: benchmark v2 cases (e.g. ``head1_axial_1mm``) from its folder,
+  read with :func:`qsmnet.compare.load_cases`.
+
+``--grid LO HI N [ITERS]`` replaces the dense grid of every solver run (ITERS: ADMM iterations per
+weight for tv / medi, default 40); ``--no-timing`` skips the reference solve at the best weight.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_lambda.py --realistic 0:160:1:0 --solvers tv tikhonov
 """
@@ -101,6 +106,11 @@ def load_cases(args) -> list[dict]:
         vols = {k: load_nifti(Path(d) / f"{k}.nii.gz", what=k) for k in ("chi", "field", "mask")}
         t = {k: torch.from_numpy(np.ascontiguousarray(v.data, dtype=np.float32)) for k, v in vols.items()}
         cases.append(dict(name=Path(d).name, geom=vols["field"].geometry, **t))
+    if args.v2:
+        from qsmnet.compare import load_cases as v2_cases
+
+        for k in v2_cases("benchmark", names=args.names, benchmark_dir=args.v2, quiet=True):
+            cases.append(dict(name=k.name, chi=k.chi, mask=k.mask.float(), field=k.field, geom=k.geometry))
     if args.benchmark:
         from qsmnet.data.benchmark import load_benchmark
 
@@ -115,24 +125,26 @@ def err(chi, c) -> float:
     return float(nrmse(chi.numpy(), c["chi"].numpy(), c["mask"].numpy()))
 
 
-def dense_sweep(solver: str, c: dict) -> list[tuple[float, float]]:
-    """(lambda or iteration count, nRMSE) over the dense grid, warm-started where possible."""
+def dense_sweep(solver: str, c: dict, grid=None) -> list[tuple[float, float]]:
+    """(lambda, nRMSE) over the dense grid (``grid`` = (lo, hi, n[, iters]) or :data:`DENSE`),
+    warm-started where possible."""
+    lo, hi, n = (grid or DENSE[solver])[:3]
+    n = int(n)
+    per = int(grid[3]) if grid and len(grid) > 3 else 40
     if solver in ("tv", "medi"):
         from qsmnet.solvers.medi import edge_weights
         from qsmnet.solvers.tv import admm_tv
 
         p = prepare(c["field"], c["mask"], c["geom"])
         tw = edge_weights(p.mask, p.mask, p.inv_voxel(), 0.3) if solver == "medi" else None
-        lo, hi, n = DENSE[solver]
         out, state = [], {}
         for lam in np.logspace(math.log10(hi), math.log10(lo), n):
             chi, _ = admm_tv(
-                p, as_lambda(lam, p), iterations=40, tol=0.0, state=state, data_weight=p.mask, tv_weight=tw
+                p, as_lambda(lam, p), iterations=per, tol=0.0, state=state, data_weight=p.mask, tv_weight=tw
             )
             out.append((float(lam), err((chi * p.mask)[0, 0], c)))
         return out
     if solver == "tikhonov":
-        lo, hi, n = DENSE[solver]
         f = get_solver("tikhonov")
         return [
             (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam)), c))
@@ -142,7 +154,6 @@ def dense_sweep(solver: str, c: dict) -> list[tuple[float, float]]:
     from qsmnet.solvers.ndi import DEFAULT_PHASE_SCALE, descend
 
     p = prepare(c["field"], c["mask"], c["geom"])
-    lo, hi, n = DENSE[solver]
     out, x = [], None
     for lam in np.logspace(math.log10(hi), math.log10(lo), n):
         if solver == "ilsqr":
@@ -153,16 +164,20 @@ def dense_sweep(solver: str, c: dict) -> list[tuple[float, float]]:
     return out
 
 
-def run_solver(solver: str, c: dict, choosers) -> list[dict]:
+def run_solver(solver: str, c: dict, choosers, grid=None, timing: bool = True) -> list[dict]:
     from qsmnet.solvers.select import cone_power
 
     rho = cone_power(prepare(c["field"], c["mask"], c["geom"]))
-    dense = dense_sweep(solver, c)
+    dense = dense_sweep(solver, c, grid)
+    for lam_d, e_d in dense:
+        print(f"{c['name']:32s} {solver:8s} dense lam {lam_d:<10.3g} nRMSE {e_d:6.2f}", flush=True)
     best_lam, best_err = min(dense, key=lambda r: r[1])
     f = get_solver(solver)
-    t0 = time.perf_counter()
-    x = f(c["field"], c["mask"], c["geom"], lam=best_lam)
-    t_one = time.perf_counter() - t0
+    t_one = float("nan")
+    if timing:
+        t0 = time.perf_counter()
+        f(c["field"], c["mask"], c["geom"], lam=best_lam)
+        t_one = time.perf_counter() - t0
     rows = []
     for ch in choosers:
         info = {}
@@ -213,11 +228,18 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", nargs="*", metavar="DIR")
     ap.add_argument("--benchmark", metavar="DIR")
     ap.add_argument("--only", nargs="*", help="benchmark cases whose name contains one of these")
+    ap.add_argument("--v2", metavar="DIR", help="benchmark v2 folder (with --names)")
+    ap.add_argument("--names", nargs="*", help="benchmark v2 case names (default: all)")
+    ap.add_argument("--grid", nargs="+", type=float, metavar="LO HI N [ITERS]", help="dense grid override")
+    ap.add_argument("--no-timing", action="store_true", help="skip the reference solve at the best weight")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--solvers", nargs="+", default=["tv", "tikhonov", "medi", "ilsqr", "ndi"])
     ap.add_argument("--choosers", nargs="+", default=list(CHOOSERS))
     ap.add_argument("--json", metavar="PATH", help="write all rows here")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for c in load_cases(args):
         if "frac" in c:
@@ -227,9 +249,9 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            rows += run_solver(s, c, args.choosers)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing)
+            if args.json:  # after every solver: a stopped run keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
