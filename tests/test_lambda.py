@@ -216,3 +216,33 @@ def test_tikhonov_auto_is_floored_at_the_frequency_balance_only_under_model_erro
     assert lam["white", "auto"] == pytest.approx(lam["white", "noise"] * fac_white, rel=1e-5)
     assert lam["model", "freq"] > 1.2 * lam["model", "noise"] * fac_model  # the floor matters here
     assert lam["model", "auto"] == pytest.approx(lam["model", "freq"], rel=1e-5)
+
+
+def test_l1_model_weight_is_floored_at_the_robust_field_std_only_under_model_error():
+    # TV / MEDI "model" rule: where the cone power shows model error, lambda >= L1_FLOOR x the
+    # robust (MAD) std of the field (the noise balance fell 9x short on a haemorrhage head); on
+    # white-noise data the noise balance x factor is kept, however small.
+    white, model, mask, geom = _white_and_model_fields()
+    pw, pm = prepare(white, mask, geom), prepare(model, mask, geom)
+    v = model[mask > 0].numpy().astype(np.float64)
+    mad_std = 1.4826 * np.median(np.abs(v - np.median(v)))  # independent of the implementation
+    assert select.robust_field_std(pm) == pytest.approx(mad_std, rel=1e-4)
+    tiny = 1e-7
+    assert select.model_l1_lambda(pm, tiny) == pytest.approx(select.L1_FLOOR * mad_std, rel=1e-4)
+    assert select.model_l1_lambda(pw, tiny) == pytest.approx(tiny * select.model_error_factor(pw), rel=1e-6)
+    # a large noise balance is not lowered by the floor
+    big = 10 * select.L1_FLOOR * mad_std
+    assert select.model_l1_lambda(pm, big) == pytest.approx(big * select.model_error_factor(pm), rel=1e-6)
+
+
+def test_tv_auto_reports_the_floored_model_weight():
+    from qsmnet.solvers.lam import balanced_lambda
+    from qsmnet.solvers.tikhonov import pilot
+
+    _, model, mask, geom = _white_and_model_fields()
+    p = prepare(model, mask, geom)
+    expected = select.model_l1_lambda(p, float(balanced_lambda(p, pilot(p), "l1")[0]))
+    info = {}
+    SOLVERS["tv"](model, mask, geom, lam="auto", iterations=3, info=info)
+    assert info["lambda_method"] == "model"
+    assert info["lambda"] == pytest.approx(expected, rel=1e-5)

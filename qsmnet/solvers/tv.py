@@ -162,8 +162,10 @@ def solve_tv(
 
             lam_t = balanced_lambda(p, pilot(p), "l1")
             if method == "model":
-                lam_t = lam_t * torch.tensor(
-                    [select.model_error_factor(sub_problem(p, b)) for b in range(len(lam_t))], device=p.device
+                lam_t = torch.tensor(
+                    [select.model_l1_lambda(sub_problem(p, b), float(lam_t[b])) for b in range(len(lam_t))],
+                    device=p.device,
+                    dtype=lam_t.dtype,
                 ).view(-1, 1, 1, 1, 1)
         else:
             lam_t = as_lambda(lam, p)
@@ -222,8 +224,9 @@ def tv(
         info: filled with ``iterations``, ``residual`` and the ``lambda`` used.
         lam: TV weight (ppm/mm scale), or a chooser (:mod:`qsmnet.solvers.select`): ``"auto"``
             (default) = ``"model"``, the white-noise balance of :mod:`qsmnet.solvers.lam` times
-            the model-error factor from the field's power on the magic-angle cone (cost: one
-            solve plus two FFT pairs); ``"noise"`` (the former auto, calibrated on white-noise
+            the model-error factor from the field's power on the magic-angle cone, and under
+            model error at least 0.1 x the field's robust std (cost: one solve plus two FFT
+            pairs); ``"noise"`` (the former auto, calibrated on white-noise
             phantoms only); ``"lcurve"`` / ``"freq"`` (a warm-started sweep of :data:`SWEEP`,
             ~2-3 solves). Measured in ``docs/regularisation.md``: on realistic 160^3 brains
             (model error 60 % of the field) ``"auto"`` lands 0.75-1.0x of the per-case best
