@@ -56,6 +56,12 @@ def erode(mask: torch.Tensor, steps: int = 1) -> torch.Tensor:
     return m
 
 
+def mad_std(v: torch.Tensor) -> torch.Tensor:
+    """Robust standard deviation of the values ``v``: 1.4826 x their median absolute deviation
+    (equal to the std for Gaussian values, blind to a few strong outliers)."""
+    return 1.4826 * (v - v.median()).abs().median()
+
+
 def estimate_noise(field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Robust standard deviation (ppm) of white noise in a field, per sample.
 
@@ -74,8 +80,7 @@ def estimate_noise(field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if v.numel() < 10:
             out.append(torch.zeros((), device=field.device))
             continue
-        mad = (v - v.median()).abs().median()
-        out.append(1.4826 * mad / math.sqrt(42.0))
+        out.append(mad_std(v) / math.sqrt(42.0))
     return torch.stack(out)
 
 

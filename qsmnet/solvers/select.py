@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .base import Problem
+from .lam import mad_std
 
 #: The chooser behind ``lam="auto"`` (measured in ``docs/regularisation.md``): the model-error-aware
 #: model-error-aware noise balance, for every solver with a weight.
@@ -271,7 +272,7 @@ def choose(sweep: Sweep, method: str, freq_factor: float | None = None) -> float
 
 
 def robust_field_std(p: Problem) -> float:
-    """1.4826 x the median absolute deviation (ppm) of the field inside the mask of sample 0.
+    """:func:`~qsmnet.solvers.lam.mad_std` (ppm) of the field inside the mask of sample 0.
 
     Unlike the plain std it ignores a few strong sources (a haemorrhage, a vein): on benchmark v2's
     pathology head 0.0076 ppm where the std is 0.0205.
@@ -279,7 +280,7 @@ def robust_field_std(p: Problem) -> float:
     v = p.field[0, 0][p.mask[0, 0] > 0]
     if v.numel() < 2:
         return 0.0
-    return float(1.4826 * (v - v.median()).abs().median())
+    return float(mad_std(v))
 
 
 def model_l1_lambda(p: Problem, noise_lambda: float) -> float:
