@@ -218,10 +218,11 @@ def test_tikhonov_auto_is_floored_at_the_frequency_balance_only_under_model_erro
     assert lam["model", "auto"] == pytest.approx(lam["model", "freq"], rel=1e-5)
 
 
-def test_l1_model_weight_is_floored_at_the_robust_field_std_only_under_model_error():
-    # TV / MEDI "model" rule: where the cone power shows model error, lambda >= L1_FLOOR x the
-    # robust (MAD) std of the field (the noise balance fell 9x short on a haemorrhage head); on
-    # white-noise data the noise balance x factor is kept, however small.
+def test_l1_model_weight_is_bracketed_by_the_robust_field_std_only_under_model_error():
+    # TV / MEDI "model" rule: where the cone power shows model error, L1_FLOOR <= lambda / (robust
+    # (MAD) std of the field) <= L1_CEIL (the noise balance fell 9x short on a haemorrhage head, the
+    # model factor overshot 3.7x on a noisy pipeline field); on white-noise data the noise balance x
+    # factor is kept, however small or large.
     white, model, mask, geom = _white_and_model_fields()
     pw, pm = prepare(white, mask, geom), prepare(model, mask, geom)
     v = model[mask > 0].numpy().astype(np.float64)
@@ -230,9 +231,14 @@ def test_l1_model_weight_is_floored_at_the_robust_field_std_only_under_model_err
     tiny = 1e-7
     assert select.model_l1_lambda(pm, tiny) == pytest.approx(select.L1_FLOOR * mad_std, rel=1e-4)
     assert select.model_l1_lambda(pw, tiny) == pytest.approx(tiny * select.model_error_factor(pw), rel=1e-6)
-    # a large noise balance is not lowered by the floor
-    big = 10 * select.L1_FLOOR * mad_std
-    assert select.model_l1_lambda(pm, big) == pytest.approx(big * select.model_error_factor(pm), rel=1e-6)
+    # inside the bracket the rule's value is kept
+    fac = select.model_error_factor(pm)
+    mid = 0.15 * mad_std / fac
+    assert select.model_l1_lambda(pm, mid) == pytest.approx(mid * fac, rel=1e-6)
+    # a large one is capped under model error only
+    big = 10 * select.L1_CEIL * mad_std
+    assert select.model_l1_lambda(pm, big) == pytest.approx(select.L1_CEIL * mad_std, rel=1e-4)
+    assert select.model_l1_lambda(pw, big) == pytest.approx(big * select.model_error_factor(pw), rel=1e-6)
 
 
 def test_tv_auto_reports_the_floored_model_weight():

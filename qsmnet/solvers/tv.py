@@ -225,8 +225,8 @@ def tv(
         lam: TV weight (ppm/mm scale), or a chooser (:mod:`qsmnet.solvers.select`): ``"auto"``
             (default) = ``"model"``, the white-noise balance of :mod:`qsmnet.solvers.lam` times
             the model-error factor from the field's power on the magic-angle cone, and under
-            model error at least 0.1 x the field's robust std (cost: one solve plus two FFT
-            pairs); ``"noise"`` (the former auto, calibrated on white-noise
+            model error kept within 0.1-0.2 x the field's robust std (cost: one solve plus two
+            FFT pairs); ``"noise"`` (the former auto, calibrated on white-noise
             phantoms only); ``"lcurve"`` / ``"freq"`` (a warm-started sweep of :data:`SWEEP`,
             ~2-3 solves). Measured in ``docs/regularisation.md``: on realistic 160^3 brains
             (model error 60 % of the field) ``"auto"`` lands 0.75-1.0x of the per-case best
