@@ -16,7 +16,10 @@ Cases (combine freely):
 - ``--cases DIR ...``: case folders holding ``chi.nii.gz``, ``field.nii.gz``, ``mask.nii.gz``;
 - ``--benchmark DIR``: the set written by ``qsmnet simulate --benchmark``;
 - ``--v2 DIR --names NAME ...``: benchmark v2 cases (e.g. ``head1_axial_1mm``) from its folder,
-  read with :func:`qsmnet.compare.load_cases`.
+  read with :func:`qsmnet.compare.load_cases`;
+- ``--qsm DIR ...``: head folders from ``qsmnet simulate --phantom head`` (multi-echo phase and
+  magnitude): the local field is the one ``qsmnet qsm`` derives (mask, echo fit, V-SHARP), scored
+  against ``truth_chi`` in its mask intersected with ``brainmask``.
 
 ``--grid LO HI N [ITERS]`` replaces the dense grid of every solver run (ITERS: ADMM iterations per
 weight for tv / medi, default 40); ``--no-timing`` skips the reference solve at the best weight.
@@ -95,6 +98,24 @@ def realistic_case(seed: int, size: int, voxel: str, tilt: float, model_error: f
     )
 
 
+def qsm_case(folder: Path) -> dict:
+    """The local field ``run_qsm`` derives from a simulated head folder, with the truth chi."""
+    from qsmnet.inference.qsm import run_qsm
+    from qsmnet.io import load_nifti
+
+    params = json.loads((folder / "params.json").read_text())
+    ph = load_nifti(folder / "phase.nii.gz", what="phase")
+    mag = load_nifti(folder / "mag.nii.gz", what="magnitude")
+    r = run_qsm(np.moveaxis(ph.data, -1, 0), np.moveaxis(mag.data, -1, 0), tuple(params["EchoTime"]),
+                float(params["MagneticFieldStrength"]), ph.geometry, bfr="vsharp", method="tkd")
+    brain = torch.from_numpy(np.asarray(load_nifti(folder / "brainmask.nii.gz").data) > 0)
+    chi = torch.from_numpy(np.ascontiguousarray(load_nifti(folder / "truth_chi.nii.gz").data, dtype=np.float32))
+    m = r.mask.float()
+    score = (r.mask & brain).float()
+    return dict(name=f"qsm_{folder.name}", chi=chi * score, mask=m, field=r.local_field, geom=ph.geometry,
+                score_mask=score)
+
+
 def load_cases(args) -> list[dict]:
     cases = []
     for spec in args.realistic or []:
@@ -111,6 +132,8 @@ def load_cases(args) -> list[dict]:
 
         for k in v2_cases("benchmark", names=args.names, benchmark_dir=args.v2, quiet=True):
             cases.append(dict(name=k.name, chi=k.chi, mask=k.mask.float(), field=k.field, geom=k.geometry))
+    for d in args.qsm or []:
+        cases.append(qsm_case(Path(d)))
     if args.benchmark:
         from qsmnet.data.benchmark import load_benchmark
 
@@ -122,7 +145,7 @@ def load_cases(args) -> list[dict]:
 
 
 def err(chi, c) -> float:
-    return float(nrmse(chi.numpy(), c["chi"].numpy(), c["mask"].numpy()))
+    return float(nrmse(chi.numpy(), c["chi"].numpy(), c.get("score_mask", c["mask"]).numpy()))
 
 
 def dense_sweep(solver: str, c: dict, grid=None) -> list[tuple[float, float]]:
@@ -230,6 +253,7 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", help="benchmark cases whose name contains one of these")
     ap.add_argument("--v2", metavar="DIR", help="benchmark v2 folder (with --names)")
     ap.add_argument("--names", nargs="*", help="benchmark v2 case names (default: all)")
+    ap.add_argument("--qsm", nargs="*", metavar="DIR", help="simulated head folders run through run_qsm")
     ap.add_argument("--grid", nargs="+", type=float, metavar="LO HI N [ITERS]", help="dense grid override")
     ap.add_argument("--no-timing", action="store_true", help="skip the reference solve at the best weight")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

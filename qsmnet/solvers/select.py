@@ -24,9 +24,9 @@ power on the magic-angle cone, where a dipole field has none. Model error on pat
 white nor visible to the Laplacian noise estimate, but it does put power on the cone. For TV and
 MEDI the weight is also kept there within [:data:`L1_FLOOR`, :data:`L1_CEIL`] x
 :func:`robust_field_std` (:func:`model_l1_lambda`): a strong haemorrhage dilutes ``rho`` and the
-pilot's gradient so much that the product fell 9x short on a pathology head, and heterogeneous noise
-on a pipeline local field raised ``rho`` so much that it came out 3.7x too large. Measured
-comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
+pilot's gradient so much that the product fell 9x short on a pathology head, and background-removal
+error at the mask edge of a pipeline local field raised ``rho`` so much that it came out 3.4x too
+large. Measured comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
 
 ilsqr and ndi are damped problems run to convergence; their ``"model"`` weight is the damping
 rule :func:`qsmnet.solvers.ilsqr.auto_damping`.
@@ -69,12 +69,12 @@ RHO_EXPONENT = 1.0
 #: (the white-noise benchmark), so the rule there is unchanged.
 L1_FLOOR = 0.1
 #: Ceiling of the same weight, ``lambda <= L1_CEIL * robust std`` (also only where ``rho > RHO0``).
-#: The model factor is unbounded, and heterogeneous noise (an echo fit's noise grows where the
-#: magnitude is low: mask edges, veins) puts power on the cone that the Laplacian (MAD) noise
-#: estimate does not see: on a pipeline local field of a 208^3 SNR-30 head rho was 0.857, the factor
-#: 12 and the weight 3.7x the best. On every realistic case measured the best TV weight lies within
-#: 0.08-0.2x the robust std, and the rule itself reaches at most 0.20x on the 160^3 brains
-#: (docs/regularisation.md).
+#: The model factor is unbounded, and an error localised at the mask edge (background removal's:
+#: 3x the field's RMS within 2 mm of the edge) puts broadband power on the cone that the Laplacian
+#: (MAD) noise estimate does not see: on a pipeline local field of a 208^3 SNR-30 head rho was
+#: 0.857, the factor 12 and the weight 3.4x the best. On every realistic case measured the best TV
+#: weight lies within 0.08-0.2x the robust std, and the rule itself reaches at most 0.20x on the
+#: 160^3 brains (docs/regularisation.md).
 L1_CEIL = 0.2
 #: Multiplier on the frequency-balance crossing: on the tuning brains (realistic model error,
 #: docs/regularisation.md) the crossing fell 2.8-3.6x above the per-case best lambda for TV and
