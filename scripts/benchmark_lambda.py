@@ -109,7 +109,8 @@ def qsm_case(folder: Path) -> dict:
     r = run_qsm(np.moveaxis(ph.data, -1, 0), np.moveaxis(mag.data, -1, 0), tuple(params["EchoTime"]),
                 float(params["MagneticFieldStrength"]), ph.geometry, bfr="vsharp", method="tkd")
     brain = torch.from_numpy(np.asarray(load_nifti(folder / "brainmask.nii.gz").data) > 0)
-    chi = torch.from_numpy(np.ascontiguousarray(load_nifti(folder / "truth_chi.nii.gz").data, dtype=np.float32))
+    chi = load_nifti(folder / "truth_chi.nii.gz").data
+    chi = torch.from_numpy(np.ascontiguousarray(chi, dtype=np.float32))
     m = r.mask.float()
     score = (r.mask & brain).float()
     return dict(name=f"qsm_{folder.name}", chi=chi * score, mask=m, field=r.local_field, geom=ph.geometry,
