@@ -6,6 +6,13 @@ solvers with each chooser and writes one PNG per case: per row a method, columns
 coronal chi slice and the axial data residual ``M (D chi - f)`` (which should show no anatomy).
 
     python scripts/lambda_realdata.py /work/shared/realdata/hemorrhage_3t -o docs/figures
+
+``--runs METHOD[:CHOOSER] ...`` replaces the rows (a solver with its chooser, or any method name of
+:func:`qsmnet.inference.methods.get_method`, e.g. a shipped network) and ``--prefix`` the file
+names, e.g. the networks' figure:
+
+    python scripts/lambda_realdata.py /work/shared/realdata/hemorrhage_3t -o docs/figures \
+        --runs tv:auto tkd unet unet_head --prefix networks
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from qsmnet.inference.methods import get_method
 from qsmnet.physics import DipoleOperator, Geometry
-from qsmnet.solvers import get_solver
 
 RUNS = [
     ("tv", "auto"),
@@ -56,23 +63,28 @@ def main(argv=None) -> None:
     ap.add_argument("folders", nargs="+")
     ap.add_argument("-o", "--out", default="docs/figures")
     ap.add_argument("--slice", type=float, default=0.5, help="axial slice as a fraction of Z")
+    ap.add_argument("--runs", nargs="+", metavar="METHOD[:CHOOSER]", help="rows (default: RUNS)")
+    ap.add_argument("--prefix", default="lambda", help="file names PREFIX_<case>.png, PREFIX_realdata.json")
     args = ap.parse_args(argv)
+    runs = [tuple(r.split(":", 1)) if ":" in r else (r, None) for r in args.runs] if args.runs else RUNS
     rows = []
     for folder in map(Path, args.folders):
         field, mask, geom = load(folder)
         op = DipoleOperator(geom, pad=False)
         z = int(args.slice * field.shape[2])
         y = int(np.argmax(mask.sum((0, 2)).numpy()))
-        fig, ax = plt.subplots(len(RUNS), 3, figsize=(9, 2.6 * len(RUNS)))
-        for r, (solver, lam) in enumerate(RUNS):
+        fig, ax = plt.subplots(len(runs), 3, figsize=(9, 2.6 * len(runs)), squeeze=False)
+        for r, (solver, lam) in enumerate(runs):
             info = {}
             t0 = time.perf_counter()
-            chi = get_solver(solver)(field, mask, geom, lam=lam, info=info)
+            kw = {} if lam is None else {"lam": lam}
+            chi = torch.as_tensor(get_method(solver)(field, mask, geom, info=info, **kw))
             dt = time.perf_counter() - t0
             res = (op.A(chi) - field) * mask
             rel = float(res.norm() / field.norm())
             lam_used = info.get("lambda")
-            label = f"{solver} {lam}: λ {lam_used:.3g}" + (
+            label = solver if lam_used is None else f"{solver} {lam}: λ {lam_used:.3g}"
+            label += (
                 f", {info['iterations']} it" if solver in ("ilsqr", "ndi") else ""
             )
             rows.append(
@@ -109,11 +121,11 @@ def main(argv=None) -> None:
         ax[0, 0].set_title(f"chi axial (±{win} ppm)", fontsize=8)
         ax[0, 1].set_title("chi coronal", fontsize=8)
         fig.tight_layout()
-        out = Path(args.out) / f"lambda_{folder.name}.png"
+        out = Path(args.out) / f"{args.prefix}_{folder.name}.png"
         fig.savefig(out, dpi=80)
         plt.close(fig)
         print("wrote", out)
-    (Path(args.out) / "lambda_realdata.json").write_text(json.dumps(rows, indent=1))
+    (Path(args.out) / f"{args.prefix}_realdata.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

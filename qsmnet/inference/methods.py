@@ -24,7 +24,7 @@ from qsmnet.errors import QSMNetError
 
 #: Shipped networks in order of preference (best benchmark first); :func:`default_method` picks the
 #: first one present and marked ``default_ready``.
-PREFERRED_NETWORKS = ("cascade3_tv", "cascade_tv", "unet_tv", "varnet_tv", "unet", "lpcnn")
+PREFERRED_NETWORKS = ("cascade3_tv", "cascade_tv", "unet_tv", "varnet_tv", "unet_head", "unet", "lpcnn")
 #: Method used when no network weights are shipped.
 FALLBACK_METHOD = "tv"
 #: The name that stands for :func:`default_method`.
