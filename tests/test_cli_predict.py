@@ -484,6 +484,21 @@ def test_network_sidecar_has_the_weights_hash(case, net_path):
     assert side["parameters"]["flips"] == 4 and side["parameters"]["window"] == "auto"
 
 
+def test_network_dc_step_is_recorded_and_refused_for_solvers(case, net_path, capsys):
+    paths, _, _, tmp = case
+    out = tmp / "dc.nii.gz"
+    args = ("--checkpoint", net_path, "--dc", "0.3", "--flips", "1")
+    assert predict(paths["field"], paths["mask"], out, *args) == 0
+    side = sidecar(out)
+    assert side["parameters"]["dc"] == 0.3 and side["dc"]["mu"] == 0.3
+    assert side["dc"]["residual_after"] < side["dc"]["residual_before"]
+    capsys.readouterr()
+    bad = tmp / "bad.nii.gz"
+    assert predict(paths["field"], paths["mask"], bad, "--method", "tkd", "--dc", "0.3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not take parameter(s) dc" in err[0] and not bad.exists()
+
+
 @pytest.mark.skipif("unet" not in __import__("qsmnet.models.io").models.io.available(), reason="no unet")
 def test_experimental_network_warns(case, capsys):
     paths, _, _, tmp = case

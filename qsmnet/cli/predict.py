@@ -100,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
     n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
                    "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
+    n.add_argument("--dc", type=_positive(float), metavar="MU", help="final data-consistency step: minimise "
+                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2 (e.g. 0.3; default: none)")
     n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
                    help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
     parser.add_argument(
@@ -139,6 +141,7 @@ def _params(args) -> dict:
         ("refine", args.refine),
         ("refine_lr", args.refine_lr),
         ("flips", args.flips),
+        ("dc", args.dc),
     ]
     return {k: v for k, v in pairs if v is not None}
 

@@ -180,6 +180,7 @@ class NetworkMethod:
         refine: int = 0,
         refine_lr: float = 1e-4,
         flips: int = DEFAULT_FLIPS,
+        dc: float | None = None,
     ) -> torch.Tensor:
         """Reconstruct chi with the network.
 
@@ -199,6 +200,9 @@ class NetworkMethod:
                 flipped copies of the input (1, 2, 4 or 8; see :data:`FLIPS`), each with its own
                 geometry (a flip of axis i negates ``b0_dir[i]``). The whole-volume estimate is
                 solved once and flipped with the input.
+            dc: weight ``mu`` of a final data-consistency step (:mod:`.consistency`): the answer
+                becomes the minimiser of ``||M (D chi - f)||^2 + mu ||chi - chi_net||^2``; None (default):
+                no step. ``info["dc"]`` records it.
 
         Returns:
             chi (ppm), the field's shape, float32, on the field's device, zero outside the mask.
@@ -212,7 +216,7 @@ class NetworkMethod:
         if len(geoms) != 1:
             chis = [self(f[b : b + 1], m[b : b + 1], geoms[min(b, len(geoms) - 1)], window=window,
                          overlap=overlap, max_memory=max_memory, half=half, refine=refine,
-                         refine_lr=refine_lr, flips=flips) for b in range(f.shape[0])]  # fmt: skip
+                         refine_lr=refine_lr, flips=flips, dc=dc) for b in range(f.shape[0])]  # fmt: skip
             chi = torch.cat(chis)
             return chi[0, 0] if squeeze else chi
         geom = geoms[0]
@@ -252,6 +256,12 @@ class NetworkMethod:
             info["iterations"] = getattr(self.net, "iterations", None)
             info.update(extra)
         chi = chi * m
+        if dc is not None:
+            from .consistency import data_consistency
+
+            chi, dc_info = data_consistency(chi, f, m, geom, dc)
+            if info is not None:
+                info["dc"] = dc_info
         return chi[0, 0] if squeeze else chi
 
 
