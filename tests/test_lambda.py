@@ -241,6 +241,27 @@ def test_l1_model_weight_is_bracketed_by_the_robust_field_std_only_under_model_e
     assert select.model_l1_lambda(pw, big) == pytest.approx(big * select.model_error_factor(pw), rel=1e-6)
 
 
+def test_ilsqr_damping_is_floored_only_under_model_error(monkeypatch):
+    # iLSQR / NDI "model" damping: noise balance x model factor, at least DAMP_FLOOR where the cone
+    # power shows model error (a haemorrhage head's rule fell 5x short); untouched on white noise.
+    from qsmnet.solvers import ilsqr
+    from qsmnet.solvers.tikhonov import auto_lambda
+
+    white, model, mask, geom = _white_and_model_fields()
+    monkeypatch.setattr(ilsqr, "DAMP_FLOOR", 0.1)  # above both rules here, so the floor binds
+    for f, floored in ((white, False), (model, True)):
+        p = prepare(f, mask, geom)
+        rule = float(auto_lambda(p, "identity").flatten()[0]) * select.model_error_factor(p)
+        rule *= ilsqr.DAMP_FACTOR
+        got = ilsqr.auto_damping(p, "model")
+        assert got == pytest.approx(0.1 if floored else rule, rel=1e-5) and rule < 0.1
+    rho = [select.cone_power(prepare(f, mask, geom)) for f in (white, model)]
+    assert rho[0] <= select.RHO0 < rho[1]
+    info = {}
+    SOLVERS["ilsqr"](model, mask, geom, info=info)
+    assert info["lambda"] == pytest.approx(0.1, rel=1e-6)
+
+
 def test_tv_auto_reports_the_floored_model_weight():
     from qsmnet.solvers.lam import balanced_lambda
     from qsmnet.solvers.tikhonov import pilot

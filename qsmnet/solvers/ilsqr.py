@@ -16,8 +16,9 @@ error on the magic-angle cone into streaks.
 
 ``lam="auto"`` (= ``"model"``) is the damping analogue of Tikhonov's rule: the white-noise balance
 of :mod:`.lam` times the model-error factor :func:`~qsmnet.solvers.select.model_error_factor`,
-times :data:`DAMP_FACTOR`. ``"lcurve"`` / ``"freq"`` run a warm-started sweep over the damping
-(:data:`SWEEP`) and pick from it. NDI (:mod:`.ndi`) uses the same weight.
+times :data:`DAMP_FACTOR`, at least :data:`DAMP_FLOOR` under model error. ``"lcurve"`` /
+``"freq"`` run a warm-started sweep over the damping (:data:`SWEEP`) and pick from it. NDI
+(:mod:`.ndi`) uses the same weight.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from .registry import register
 #: Multiplier on (noise balance x model-error factor) for the identity damping (see
 #: docs/regularisation.md: calibrated on the tuning brains, seeds 0-2).
 DAMP_FACTOR = 1.0
+#: Floor of the ``"model"`` damping where the field carries model error (``rho > RHO0``). The damping
+#: is dimensionless; its per-case best on every realistic case measured lies in 0.0095-0.053
+#: (160^3 brains 0.053, v2 heads 0.0095-0.053, docs/regularisation.md). A strong haemorrhage dilutes
+#: ``rho`` to ~RHO0 so the rule fell 5x short there (0.0019 vs 0.0095, +11.5 % nRMSE).
+DAMP_FLOOR = 1e-2
 #: The damping sweep for ``"lcurve"`` / ``"freq"``: lam 3e-3 .. 1, 10 weights, warm-started.
 SWEEP = (3e-3, 1.0, 10)
 
@@ -84,12 +90,17 @@ def auto_damping(p: Problem, method: str) -> float:
     """The ``"noise"`` / ``"model"`` damping of sample 0 of ``p`` (batch of one).
 
     Noise balance: Tikhonov's identity-regulariser rule (:func:`.tikhonov.auto_lambda`);
-    ``"model"`` multiplies it by the model-error factor and :data:`DAMP_FACTOR`.
+    ``"model"`` multiplies it by the model-error factor and :data:`DAMP_FACTOR`, and under model
+    error (``rho > RHO0``) keeps it at least :data:`DAMP_FLOOR`.
     """
     from .tikhonov import auto_lambda
 
     lam = float(auto_lambda(p, "identity").flatten()[0])
-    return lam * select.model_error_factor(p) * DAMP_FACTOR if method == "model" else lam
+    if method != "model":
+        return lam
+    rho = select.cone_power(p)
+    lam *= select.model_error_factor(p, rho) * DAMP_FACTOR
+    return max(lam, DAMP_FLOOR) if rho > select.RHO0 else lam
 
 
 def damping_sweep(p: Problem, solve, grid=SWEEP) -> select.Sweep:
