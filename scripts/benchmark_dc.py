@@ -1,11 +1,11 @@
-"""Probe a final data-consistency step on a network's answer (issue 17; not in the package yet).
+"""Sweep the weight of the final data-consistency step (``qsmnet predict --dc MU``) on benchmark v2.
 
-For each benchmark v2 case, the network's chi_net, then for each weight mu the solution of
+For each case, the network's chi_net, then for each weight mu the solution of
 
     min_chi ||M (D chi - f)||^2 + mu ||chi - chi_net||^2      (M: mask, D: the case's dipole operator)
 
-by conjugate gradients on ``(M D^T M D M + mu) chi = M D^T M f + mu chi_net`` (40 iterations, warm
-start chi_net), and its nRMSE against the truth. Large mu keeps the network's answer; small mu
+(:func:`qsmnet.inference.consistency.data_consistency`: CG, warm start chi_net), and its nRMSE
+against the truth; the network runs once per case. Large mu keeps the network's answer; small mu
 trusts the field, which fills in what the network under-fits (strong sources) but lets noise and
 model error back in off the cone.
 
@@ -19,10 +19,9 @@ import argparse
 import torch
 
 from qsmnet.compare import load_cases
+from qsmnet.inference.consistency import data_consistency
 from qsmnet.inference.methods import get_method
 from qsmnet.metrics import nrmse
-from qsmnet.physics.linalg import conjugate_gradient
-from qsmnet.solvers.base import prepare
 
 
 def main(argv=None) -> None:
@@ -38,17 +37,10 @@ def main(argv=None) -> None:
     for k in load_cases("benchmark", names=args.names, benchmark_dir=args.benchmark_dir, quiet=True):
         m = k.mask.float()
         chi_net = torch.as_tensor(net(k.field, m, k.geometry))
-        p = prepare(k.field, m, k.geometry)
-        M, op = p.mask, p.op
-        x0 = chi_net[None, None] * M
         row = [f"net {nrmse(chi_net.numpy(), k.chi.numpy(), k.mask.numpy()):.1f}"]
         for mu in args.mu:
-            b = M * op.A_adjoint(p.field) + mu * x0
-            x, _, _ = conjugate_gradient(
-                lambda v, mu=mu, M=M, op=op: M * op.A_adjoint(M * op.A(M * v)) + mu * v,
-                b, x0=x0, max_iter=40, tol=1e-4,
-            )
-            row.append(f"mu {mu:g}: {nrmse((x * M)[0, 0].numpy(), k.chi.numpy(), k.mask.numpy()):.1f}")
+            x, _ = data_consistency(chi_net, k.field, m, k.geometry, mu)
+            row.append(f"mu {mu:g}: {nrmse(x.numpy(), k.chi.numpy(), k.mask.numpy()):.1f}")
         print(k.name, " | ".join(row), flush=True)
 
 

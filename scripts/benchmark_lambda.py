@@ -100,21 +100,16 @@ def realistic_case(seed: int, size: int, voxel: str, tilt: float, model_error: f
 
 def qsm_case(folder: Path) -> dict:
     """The local field ``run_qsm`` derives from a simulated head folder, with the truth chi."""
-    from qsmnet.inference.qsm import run_qsm
-    from qsmnet.io import load_nifti
+    from benchmark_phase import folder_case
 
-    params = json.loads((folder / "params.json").read_text())
-    ph = load_nifti(folder / "phase.nii.gz", what="phase")
-    mag = load_nifti(folder / "mag.nii.gz", what="magnitude")
-    r = run_qsm(np.moveaxis(ph.data, -1, 0), np.moveaxis(mag.data, -1, 0), tuple(params["EchoTime"]),
-                float(params["MagneticFieldStrength"]), ph.geometry, bfr="vsharp", method="tkd")
-    brain = torch.from_numpy(np.asarray(load_nifti(folder / "brainmask.nii.gz").data) > 0)
-    chi = load_nifti(folder / "truth_chi.nii.gz").data
-    chi = torch.from_numpy(np.ascontiguousarray(chi, dtype=np.float32))
-    m = r.mask.float()
-    score = (r.mask & brain).float()
-    return dict(name=f"qsm_{folder.name}", chi=chi * score, mask=m, field=r.local_field, geom=ph.geometry,
-                score_mask=score)
+    from qsmnet.inference.qsm import run_qsm
+
+    c = folder_case(folder)
+    r = run_qsm(c["phase"], c["mag"], c["te"], c["b0"], c["geometry"], bfr="vsharp", method="tkd")
+    score = (r.mask & torch.from_numpy(np.asarray(c["mask"]))).float()
+    chi = torch.from_numpy(np.ascontiguousarray(c["chi"], dtype=np.float32))
+    return dict(name=f"qsm_{folder.name}", chi=chi * score, mask=r.mask.float(), field=r.local_field,
+                geom=c["geometry"], score_mask=score)
 
 
 def load_cases(args) -> list[dict]:
