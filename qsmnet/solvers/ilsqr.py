@@ -98,9 +98,7 @@ def auto_damping(p: Problem, method: str) -> float:
     lam = float(auto_lambda(p, "identity").flatten()[0])
     if method != "model":
         return lam
-    rho = select.cone_power(p)
-    lam *= select.model_error_factor(p, rho) * DAMP_FACTOR
-    return max(lam, DAMP_FLOOR) if rho > select.RHO0 else lam
+    return select.bounded_model_weight(p, lam * DAMP_FACTOR, floor=DAMP_FLOOR)
 
 
 def damping_sweep(p: Problem, solve, grid=SWEEP) -> select.Sweep:

@@ -292,16 +292,21 @@ def robust_field_std(p: Problem) -> float:
     return float(mad_std(v))
 
 
-def model_l1_lambda(p: Problem, noise_lambda: float) -> float:
-    """The ``"model"`` weight of TV / MEDI for one sample: the noise balance ``noise_lambda`` times
-    :func:`model_error_factor`, kept within [:data:`L1_FLOOR`, :data:`L1_CEIL`] x
-    :func:`robust_field_std` when the field carries model error (``rho > RHO0``); unchanged otherwise."""
+def bounded_model_weight(p: Problem, noise_lambda: float, floor: float = 0.0, ceil: float = math.inf):
+    """The ``"model"`` weight of sample 0 of ``p``: ``noise_lambda`` times :func:`model_error_factor`,
+    kept within ``[floor, ceil]`` only when the field carries model error (``rho > RHO0``; the
+    white-noise rule is left as it is). Shared by TV / MEDI (:func:`model_l1_lambda`) and the
+    iLSQR / NDI damping (:func:`qsmnet.solvers.ilsqr.auto_damping`)."""
     rho = cone_power(p)
     lam = noise_lambda * model_error_factor(p, rho)
-    if rho > RHO0:
-        s = robust_field_std(p)
-        lam = min(max(lam, L1_FLOOR * s), L1_CEIL * s)
-    return lam
+    return min(max(lam, floor), ceil) if rho > RHO0 else lam
+
+
+def model_l1_lambda(p: Problem, noise_lambda: float) -> float:
+    """The ``"model"`` weight of TV / MEDI for one sample: :func:`bounded_model_weight` within
+    [:data:`L1_FLOOR`, :data:`L1_CEIL`] x :func:`robust_field_std`."""
+    s = robust_field_std(p)
+    return bounded_model_weight(p, noise_lambda, L1_FLOOR * s, L1_CEIL * s)
 
 
 def model_error_factor(p: Problem, rho: float | None = None) -> float:
