@@ -492,7 +492,19 @@ def test_network_dc_step_is_recorded_and_refused_for_solvers(case, net_path, cap
     side = sidecar(out)
     assert side["parameters"]["dc"] == 0.3 and side["dc"]["mu"] == 0.3
     assert side["dc"]["residual_after"] < side["dc"]["residual_before"]
+    auto = tmp / "dc_auto.nii.gz"
+    args = ("--checkpoint", net_path, "--dc", "auto", "--flips", "1")
+    assert predict(paths["field"], paths["mask"], auto, *args) == 0
+    side = sidecar(auto)
+    assert side["parameters"]["dc"] == "auto" and side["dc"]["auto"]["kappa"] > 0
+    assert (side["dc"]["mu"] is None) == (side["dc"]["auto"]["rms_net"] <= side["dc"]["auto"]["target"])
     capsys.readouterr()
+    typo = tmp / "typo.nii.gz"
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error: one line, status 2
+        predict(paths["field"], paths["mask"], typo, "--checkpoint", net_path, "--dc", "big")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dc" in err[0] and not typo.exists()
     bad = tmp / "bad.nii.gz"
     assert predict(paths["field"], paths["mask"], bad, "--method", "tkd", "--dc", "0.3") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -71,6 +71,9 @@ def test_get_method_solvers_networks_and_paths(tmp_path, monkeypatch):
 
 
 def test_default_method_prefers_unet_and_falls_back_to_tv(tmp_path, monkeypatch, capsys):
+    from qsmnet.logs import setup_logging
+
+    setup_logging()  # the note goes to the qsmnet logger's stderr handler, as under the CLI
     shipped = tmp_path / "w"
     monkeypatch.setattr(mio, "WEIGHTS_DIR", shipped)
     assert default_method() == "tv"
@@ -341,6 +344,40 @@ def test_data_consistency_matches_the_closed_form_without_a_mask():
     assert info["residual_after"] < info["residual_before"] and info["mu"] == mu
     with pytest.raises(ValueError, match="> 0"):
         data_consistency(torch.from_numpy(net), torch.from_numpy(f), ones, geom, 0.0)
+
+
+def test_auto_dc_weight_leaves_a_noise_only_residual_and_restores_an_under_fit_strong_source():
+    # field by qsm-forward (oracle) of smooth blobs plus a 1 ppm sphere (a haematoma), with white
+    # noise: the truth's residual is the noise alone (no tail once smoothed: no step, answer unchanged);
+    # an answer missing 80 % of the sphere leaves a smooth localised residual (heavy tail: a step).
+    from qsmnet.inference.consistency import AUTO_DETECT, AUTO_MU_GRID, data_consistency, residual_levels
+    from qsmnet.solvers.base import prepare
+
+    chi, _, mask = phantom(32, seed=3)
+    x = np.stack(np.meshgrid(*[np.arange(32) - 16] * 3, indexing="ij")).astype(float)
+    sphere = (((x - np.array([5.0, -4.0, 3.0])[:, None, None, None]) ** 2).sum(0) < 9) & mask
+    chi = chi + sphere.astype(np.float32)
+    clean = qsm_forward.generate_field(chi, mask) * mask
+    noise = np.random.default_rng(1).standard_normal(chi.shape) * 0.3 * clean[mask].std()
+    f = torch.from_numpy(((clean + noise) * mask).astype(np.float32))
+    m, geom = torch.from_numpy(mask.astype(np.float32)), Geometry(chi.shape)
+
+    kept, info = data_consistency(torch.from_numpy(chi), f, m, geom, "auto")
+    assert info["mu"] is None and info["auto"]["tail_smoothed"] < AUTO_DETECT
+    torch.testing.assert_close(kept, torch.from_numpy(chi) * m)
+
+    missing = chi - 0.8 * sphere.astype(np.float32)
+    out, info = data_consistency(torch.from_numpy(missing), f, m, geom, "auto")
+    auto = info["auto"]
+    assert auto["tail_smoothed"] > 2 * AUTO_DETECT and auto["rms_net"] > 1.5 * auto["target"]
+    assert info["mu"] in AUTO_MU_GRID
+    assert auto["rms_after"] <= auto["target"] and info["residual_after"] < info["residual_before"]
+    assert auto["tried"] == list(AUTO_MU_GRID[: len(auto["tried"])])  # largest weight first
+    assert rel(out.numpy(), chi, mask) < 0.8 * rel(missing, chi, mask)
+    # the chosen weight is the largest that meets the target: the one before it does not
+    assert len(auto["tried"]) > 1
+    up, _ = data_consistency(torch.from_numpy(missing), f, m, geom, auto["tried"][-2])
+    assert residual_levels(up[None, None], prepare(f, m, geom))[0] > auto["target"]
 
 
 def test_network_dc_step_lowers_the_residual_and_a_large_weight_keeps_the_answer():

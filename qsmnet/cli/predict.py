@@ -55,6 +55,11 @@ def _positive(kind):
     return parse
 
 
+def _dc_weight(text: str):
+    """``--dc``: a positive weight or ``auto``."""
+    return "auto" if text == "auto" else _positive(float)(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("field", metavar="FIELD", nargs="?", help="local field map, 3D NIfTI (see --units)")
     parser.add_argument("--mask", help="brain mask on the field's grid (non-zero inside)")
@@ -100,8 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
     n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
                    "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
-    n.add_argument("--dc", type=_positive(float), metavar="MU", help="final data-consistency step: minimise "
-                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2 (e.g. 0.3; default: none)")
+    n.add_argument("--dc", type=_dc_weight, metavar="MU", help="final data-consistency step: minimise "
+                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen per "
+                   "case from the network's residual, none when it has no heavy tail); default: no step")
     n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
                    help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
     parser.add_argument(

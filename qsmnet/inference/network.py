@@ -180,7 +180,7 @@ class NetworkMethod:
         refine: int = 0,
         refine_lr: float = 1e-4,
         flips: int = DEFAULT_FLIPS,
-        dc: float | None = None,
+        dc: float | str | None = None,
     ) -> torch.Tensor:
         """Reconstruct chi with the network.
 
@@ -201,7 +201,8 @@ class NetworkMethod:
                 geometry (a flip of axis i negates ``b0_dir[i]``). The whole-volume estimate is
                 solved once and flipped with the input.
             dc: weight ``mu`` of a final data-consistency step (:mod:`.consistency`): the answer
-                becomes the minimiser of ``||M (D chi - f)||^2 + mu ||chi - chi_net||^2``; None (default):
+                becomes the minimiser of ``||M (D chi - f)||^2 + mu ||chi - chi_net||^2``; ``"auto"``:
+                chosen per case (:func:`.consistency.auto_weight`, possibly no step); None (default):
                 no step. ``info["dc"]`` records it.
 
         Returns:
