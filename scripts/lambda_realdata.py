@@ -8,8 +8,8 @@ coronal chi slice and the axial data residual ``M (D chi - f)`` (which should sh
     python scripts/lambda_realdata.py /work/shared/realdata/hemorrhage_3t -o docs/figures
 
 ``--runs METHOD[:CHOOSER] ...`` replaces the rows (a solver with its chooser, or any method name of
-:func:`qsmnet.inference.methods.get_method`, e.g. a shipped network) and ``--prefix`` the file
-names, e.g. the networks' figure:
+:func:`qsmnet.inference.methods.get_method`, e.g. a shipped network, with ``:key=value,...`` for its
+parameters, e.g. ``unet_head:dc=auto``) and ``--prefix`` the file names, e.g. the networks' figure:
 
     python scripts/lambda_realdata.py /work/shared/realdata/hemorrhage_3t -o docs/figures \
         --runs tv:auto tkd unet unet_head --prefix networks
@@ -53,6 +53,23 @@ def load(folder: Path):
     return torch.from_numpy(ppm * mask), torch.from_numpy(mask.astype(np.float32)), geom
 
 
+def _params(spec: str | None) -> dict:
+    """The method's keyword parameters from a ``--runs`` suffix: a λ chooser (``auto``, ``lcurve``, a
+    number), or ``key=value`` pairs separated by commas (``dc=auto``, ``dc=0.3,flips=1``)."""
+    if spec is None:
+        return {}
+    if "=" not in spec:
+        return {"lam": spec}
+    out = {}
+    for pair in spec.split(","):
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> None:
     import matplotlib
 
@@ -77,13 +94,15 @@ def main(argv=None) -> None:
         for r, (solver, lam) in enumerate(runs):
             info = {}
             t0 = time.perf_counter()
-            kw = {} if lam is None else {"lam": lam}
+            kw = _params(lam)
             chi = torch.as_tensor(get_method(solver)(field, mask, geom, info=info, **kw))
             dt = time.perf_counter() - t0
             res = (op.A(chi) - field) * mask
             rel = float(res.norm() / field.norm())
             lam_used = info.get("lambda")
             label = solver if lam_used is None else f"{solver} {lam}: λ {lam_used:.3g}"
+            if "dc" in info:
+                label += f" dc {lam.split('=', 1)[1]}: μ {info['dc']['mu']}"
             label += (
                 f", {info['iterations']} it" if solver in ("ilsqr", "ndi") else ""
             )

@@ -106,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
                    "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
     n.add_argument("--dc", type=_dc_weight, metavar="MU", help="final data-consistency step: minimise "
-                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen per "
-                   "case from the network's residual, none when it has no heavy tail); default: no step")
+                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen "
+                   "per case from the network's residual, none when it has no heavy tail); default: no step")
     n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
                    help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
     parser.add_argument(
