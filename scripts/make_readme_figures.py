@@ -15,11 +15,12 @@ Writes, under ``--out`` (default ``docs/``):
     python scripts/make_readme_figures.py --v2 data/benchmark_v2   # benchmark v2: realistic + pathology
 
 ``--v2 DIR`` instead runs the realistic-tier methods (``V2_METHODS``: the classical solvers with their
-automatic λ and the shipped networks) on the ``--tiers`` of benchmark v2 (``qsmnet simulate
---benchmark-v2 -o DIR``) and writes ``benchmark_v2_table.md``, ``benchmark_v2/*.csv``,
-``figures/benchmark_v2_slices.png``, and the README block between the BENCHMARK_V2 markers (CPU, 2
-threads: ~1 h). ``--reuse docs/benchmark_v2 --rerun tv`` keeps the other methods' rows of the last run
-and recomputes only the named methods (and the figure case).
+automatic λ, the shipped networks and ``V2_VARIANTS``, e.g. ``unet_head+dc``: ``unet_head`` with
+``--dc auto``) on the ``--tiers`` of benchmark v2 (``qsmnet simulate --benchmark-v2 -o DIR``) and writes
+``benchmark_v2_table.md``, ``benchmark_v2/*.csv``, ``figures/benchmark_v2_slices.png``, and the README
+block between the BENCHMARK_V2 markers (CPU, 2 threads: ~1 h). ``--reuse docs/benchmark_v2 --rerun tv``
+keeps the other methods' rows of the last run and recomputes only the named methods (and the figure
+case).
 
 The benchmark set is generated into the cache on first use (see ``qsmnet.compare.benchmark_cache_dir``).
 """
@@ -39,8 +40,13 @@ from qsmnet.inference.methods import shipped_networks
 #: The README's methods: the default method, every shipped network and three solvers.
 METHODS = ["default", *shipped_networks(), "tkd", "tikhonov", "tv"]
 
-#: Benchmark v2's methods: every classical solver at its defaults (automatic λ) and every shipped network.
-V2_METHODS = ["tkd", "tikhonov", "tv", "medi", "ilsqr", "ndi", *shipped_networks()]
+#: Benchmark v2's variants of a shipped network: label -> comparison spec (method and parameters).
+V2_VARIANTS = {"unet_head+dc": {"method": "unet_head", "dc": "auto"}}
+
+#: Benchmark v2's methods: every classical solver at its defaults (automatic λ), every shipped network
+#: and the variants whose network is shipped.
+V2_METHODS = ["tkd", "tikhonov", "tv", "medi", "ilsqr", "ndi", *shipped_networks(),
+              *(k for k, v in V2_VARIANTS.items() if v["method"] in shipped_networks())]
 
 
 def _commit() -> str:
@@ -166,7 +172,8 @@ def _vs_tv(rows) -> list[str]:
     for r in rows:
         key = _group(r["case"])
         groups.setdefault(key, {}).setdefault(r["method"], []).append(float(r["nrmse"]))
-    nets = [m for m in dict.fromkeys(r["method"] for r in rows) if m in shipped_networks()]
+    nets = [m for m in dict.fromkeys(r["method"] for r in rows)
+            if m in shipped_networks() or m in V2_VARIANTS]
     lines = ["| geometry | " + " | ".join(nets) + " |", "|---|" + "---:|" * len(nets)]
     for key, per in groups.items():
         tv = sum(per["tv"]) / len(per["tv"]) if per.get("tv") else None
@@ -207,7 +214,8 @@ def _benchmark_v2(args) -> int:
             figure = i == 0 and not args.keep_figure
             if figure and todo:
                 todo = list(methods)  # the figure case: every panel from this run
-            part = run_comparison(todo, [case], out_dir=tmp / str(i), device=args.device,
+            specs = [{"name": m, **V2_VARIANTS[m]} if m in V2_VARIANTS else m for m in todo]
+            part = run_comparison(specs, [case], out_dir=tmp / str(i), device=args.device,
                                   figures=figure) if todo else None
             got = {r["method"]: r for r in part.rows} if part else {}
             rows += [got[m] if m in got else reused_rows[(case.name, m)] for m in methods]
