@@ -33,9 +33,9 @@ while an under-fit source's field is smooth over centimetres and keeps it. So:
 Measured with ``--auto``: on 24 training-cache heads the first ``unet_head`` had not seen (volumes
 24-47) it steps on the three with a large haemorrhage (0.1 % of the brain above 0.5 ppm; 71.0 / 71.7 /
 71.2 -> 64.0 / 64.7 / 63.2 %) and leaves the 21 others unchanged (three hold a small one, 0.03 %, where
-no weight gains more than 0.8 points); with the shipped ``unet_head`` on benchmark v2 it steps on the two
-haemorrhage heads only (49.2 / 48.2 -> 43.0 / 41.9 %, mu 0.1). Healthy heads gain at most 1-2 points
-from a fixed step, which the rule gives up to stay off where a step can hurt.
+no weight gains more than 0.8 points); with the later ``unet_head`` weights on benchmark v2 it steps
+on the two haemorrhage heads only (figures in ``qsmnet/weights/unet_head.md``). Healthy 1 mm heads gain
+up to 1-2 points from the best fixed step, which the rule gives up to stay off where a step can hurt.
 """
 
 from __future__ import annotations
