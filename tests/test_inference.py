@@ -194,6 +194,13 @@ def test_training_ranges_and_geometry_warnings():
             {"max_tilt_deg": 30.0, "voxel_size_range": [[0.9, 0.9, 1.8], [1.2, 1.2, 2.4]]}]
     nm = NetworkMethod(net, {"train_config": {"data": {"train": {"simulation": sims}}}}, name="t")
     assert nm.ranges == {"max_tilt_deg": 45.0, "voxel_mm": (0.9, 2.4), "source": "training config"}
+    # head simulations acquire `factors` fine voxels as one: 1-1.2 mm with factors (1, 1, 2) is 1-2.4 mm
+    heads = [{"max_tilt_deg": 45.0, "voxel_size_range": [[1.0] * 3, [1.2] * 3], "factors": f}
+             for f in ([1, 1, 1], [1, 1, 2])]
+    nm = NetworkMethod(net, {"train_config": {"data": {"train": {"simulation": heads}}}}, name="t")
+    assert nm.ranges["voxel_mm"] == (1.0, 2.4)
+    assert nm.check_geometry(Geometry((8, 8, 8), (1.1, 1.1, 2.2))) == []
+    assert len(nm.check_geometry(Geometry((8, 8, 8), (0.86, 0.86, 2.0)))) == 1  # 0.86 mm in-plane
 
 
 def _write_subject(folder, stem, field, mask, affine=None):

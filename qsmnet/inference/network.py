@@ -39,8 +39,8 @@ def training_ranges(meta: dict) -> dict:
 
     Read from ``meta["ranges"]`` when present, else from the training data config
     (``meta["train_config"]["data"]["train"]``, or each of its ``simulation`` specs for a
-    precomputed dataset: ``max_tilt_deg``, ``voxel_size_range``), else the
-    documented defaults (tilt <= 45 deg, voxels 0.5-3 mm).
+    precomputed dataset: ``max_tilt_deg``, ``voxel_size_range`` times ``factors``, the fine voxels a
+    head simulation acquires as one), else the documented defaults (tilt <= 45 deg, voxels 0.5-3 mm).
     """
     r = meta.get("ranges") or {}
     if "max_tilt_deg" in r and "voxel_mm" in r:
@@ -50,10 +50,14 @@ def training_ranges(meta: dict) -> dict:
     sims = train.get("simulation", train)
     sims = [x for x in (sims if isinstance(sims, list) else [sims]) if isinstance(x, dict)]
     if sims and all("max_tilt_deg" in x and "voxel_size_range" in x for x in sims):
+        # a head simulation acquires ``factors`` fine voxels as one (e.g. 1 x 1 x 2 mm from 1 mm)
+        def acquired(x, end):
+            f = x.get("factors") or (1, 1, 1)
+            return [float(v) * float(k) for v, k in zip(x["voxel_size_range"][end], f, strict=True)]
+
         return {
             "max_tilt_deg": max(float(x["max_tilt_deg"]) for x in sims),
-            "voxel_mm": (min(float(min(x["voxel_size_range"][0])) for x in sims),
-                         max(float(max(x["voxel_size_range"][1])) for x in sims)),
+            "voxel_mm": (min(min(acquired(x, 0)) for x in sims), max(max(acquired(x, 1)) for x in sims)),
             "source": "training config",
         }
     return {"max_tilt_deg": DEFAULT_MAX_TILT_DEG, "voxel_mm": DEFAULT_VOXEL_RANGE_MM, "source": "default"}
