@@ -123,7 +123,11 @@ def residual_levels(x: torch.Tensor, p, smooth_mm: float | None = None) -> tuple
     (ppm), for a prepared problem ``p`` (:func:`qsmnet.solvers.base.prepare`); with ``smooth_mm``,
     of the residual smoothed by a Gaussian of that standard deviation (mm, MONAI's
     ``GaussianFilter``, zero outside the mask before smoothing)."""
-    r = p.mask * (p.op.A(x) - p.field)
+    return _residual_levels(p.mask * (p.op.A(x) - p.field), p, smooth_mm)
+
+
+def _residual_levels(r: torch.Tensor, p, smooth_mm: float | None = None) -> tuple[float, float]:
+    """:func:`residual_levels` of an already computed residual map ``r``."""
     if smooth_mm:
         from monai.networks.layers import GaussianFilter
 
@@ -155,8 +159,9 @@ def auto_weight(
         answer when no step is taken; the smallest weight of the grid when none meets the target.
         Residual levels in ppm.
     """
-    rms, level = residual_levels(x0, p)
-    rms_s, level_s = residual_levels(x0, p, smooth_mm)
+    r0 = p.mask * (p.op.A(x0) - p.field)  # one forward operator for both statistics
+    rms, level = _residual_levels(r0, p)
+    rms_s, level_s = _residual_levels(r0, p, smooth_mm)
     tail = rms_s / level_s if level_s > 0 else 0.0
     target = kappa * level
     rec = {"mu": None, "kappa": kappa, "detect": detect, "smooth_mm": smooth_mm, "tail_smoothed": tail,
