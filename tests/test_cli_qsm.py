@@ -211,3 +211,24 @@ def test_run_qsm_pdf_single_echo_and_checks(case):
         run_qsm(phase, mag, TE, 3.0, g, unwrap="nope")
     with pytest.raises(QSMNetError, match="does not match the geometry"):
         run_qsm(phase, mag, TE, 3.0, g.with_(shape=(5, 5, 5)))
+
+
+def test_qsm_network_options_reach_the_inversion_and_are_checked_first(case, capsys):
+    """--flips/--dc/--fallback of a network run through the pipeline into the report; a network option
+    given to a solver stops before any step, in one line, with no output folder."""
+    p, _, inside, tmp = case
+    out = tmp / "net"
+    assert qsm(p, out, *_te(), "--radii", "3", "2", "--method", "unet", "--flips", "1", "--dc", "0.3",
+               "--fallback", "tv") == 0  # fmt: skip
+    inv = json.loads((out / "report.json").read_text())["steps"][3]
+    assert inv["function"] == "unet" and inv["parameters"] == {"flips": 1, "dc": 0.3}
+    assert inv["parameters_used"]["flips"] == 1 and inv["inference"]["flips"] == 1
+    assert inv["dc"]["mu"] == 0.3 and inv["dc"]["residual_after"] < inv["dc"]["residual_before"]
+    assert set(inv["guard"]) >= {"in_domain", "reasons", "returned"}
+    chi = nib.load(out / "chi.nii.gz").get_fdata()
+    assert np.isfinite(chi).all() and chi[inside].std() > 0
+    capsys.readouterr()
+    bad = tmp / "bad"
+    assert qsm(p, bad, *_te(), "--method", "tv", "--dc", "0.3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not take parameter(s) dc" in err[0] and not bad.exists()

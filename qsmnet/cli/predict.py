@@ -88,28 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")
     g.add_argument("--threshold", type=float, help="kernel threshold of tkd / tsvd")
     g.add_argument("--tol", type=float, help="stopping tolerance of iterative methods")
-    n = parser.add_argument_group("network options")
-    n.add_argument("--window", type=_window, help="sliding-window edge (voxels), 'off' (whole volume) or "
-                   "'auto' (default: whole volume when the memory estimate fits)")  # fmt: skip
-    n.add_argument("--overlap", type=_overlap, help="sliding-window overlap fraction (default 0.5)")
-    n.add_argument(
-        "--max-memory",
-        type=_positive(float),
-        metavar="GB",
-        help="memory budget in GB (default: half the free memory of the device)",
-    )
-    n.add_argument("--half", action="store_true", help="float16 autocast on CUDA (ignored on the CPU)")
-    n.add_argument(
-        "--refine", type=int, metavar="N", help="N Adam steps of test-time data-consistency tuning"
-    )
-    n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
-    n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
-                   "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
-    n.add_argument("--dc", type=_dc_weight, metavar="MU", help="final data-consistency step: minimise "
-                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen "
-                   "per case from the network's residual, none when it has no heavy tail); default: no step")
-    n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
-                   help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
+    add_network_arguments(parser)
     parser.add_argument(
         "--magnitude", help="magnitude image on the field's grid (medi edges, medi/ndi weights)"
     )
@@ -134,12 +113,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (--list/--bids)")
 
 
-def _params(args) -> dict:
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a network prediction (shared by ``qsmnet predict`` and ``qsmnet qsm``)."""
+    n = parser.add_argument_group("network options")
+    n.add_argument("--window", type=_window, help="sliding-window edge (voxels), 'off' (whole volume) or "
+                   "'auto' (default: whole volume when the memory estimate fits)")  # fmt: skip
+    n.add_argument("--overlap", type=_overlap, help="sliding-window overlap fraction (default 0.5)")
+    n.add_argument(
+        "--max-memory",
+        type=_positive(float),
+        metavar="GB",
+        help="memory budget in GB (default: half the free memory of the device)",
+    )
+    n.add_argument("--half", action="store_true", help="float16 autocast on CUDA (ignored on the CPU)")
+    n.add_argument(
+        "--refine", type=int, metavar="N", help="N Adam steps of test-time data-consistency tuning"
+    )
+    n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
+    n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
+                   "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
+    n.add_argument("--dc", type=_dc_weight, metavar="MU", help="final data-consistency step: minimise "
+                   "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen "
+                   "per case from the network's residual, none when it has no heavy tail); default: no step")
+    n.add_argument("--flips", type=int, choices=(1, 2, 4, 8),
+                   help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
+
+
+def network_params(args) -> dict:
+    """The network options given on the command line, as the network's keyword parameters.
+
+    Raises:
+        QSMNetError: a negative ``--refine``.
+    """
+    from qsmnet.errors import QSMNetError
+
+    if args.refine is not None and args.refine < 0:
+        raise QSMNetError(f"--refine must be >= 0, got {args.refine}")
     pairs = [
-        ("lam", args.lam),
-        ("iterations", args.iterations),
-        ("threshold", args.threshold),
-        ("tol", args.tol),
         ("window", args.window),
         ("overlap", args.overlap),
         ("max_memory", args.max_memory * 1024**3 if args.max_memory else None),
@@ -150,6 +160,16 @@ def _params(args) -> dict:
         ("dc", args.dc),
     ]
     return {k: v for k, v in pairs if v is not None}
+
+
+def _params(args) -> dict:
+    pairs = [
+        ("lam", args.lam),
+        ("iterations", args.iterations),
+        ("threshold", args.threshold),
+        ("tol", args.tol),
+    ]
+    return {**{k: v for k, v in pairs if v is not None}, **network_params(args)}
 
 
 def check_units(args) -> None:
@@ -181,8 +201,6 @@ def run(args) -> int:
     check_units(args)
     if args.method and args.checkpoint:
         raise QSMNetError("give --method or --checkpoint, not both")
-    if args.refine is not None and args.refine < 0:
-        raise QSMNetError(f"--refine must be >= 0, got {args.refine}")
     method = args.checkpoint or args.method
     if args.fallback:
         from qsmnet.inference.guard import guarded

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .predict import _lambda, add_network_arguments, network_params
+
 HELP = "full QSM pipeline: wrapped multi-echo phase + magnitude -> chi, local and total field (ppm)"
 
 
@@ -37,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bfr", choices=("vsharp", "pdf"), default="vsharp", help="background-field removal (default vsharp)"
     )
     parser.add_argument("--radii", nargs="+", type=float, metavar="MM", help="V-SHARP radii in mm")
-    parser.add_argument("--lambda", dest="lam", type=float, help="regularisation weight of the method")
+    parser.add_argument(
+        "--lambda", dest="lam", type=_lambda, help="weight of the method, or auto/model/lcurve/freq/noise"
+    )
+    add_network_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("-o", "--output", metavar="DIR", help="output folder")
     parser.add_argument("--bids", metavar="DIR", help="process every *_part-phase_MEGRE run of a BIDS folder "
@@ -55,7 +60,13 @@ def _options(args) -> dict:
 
         raise QSMNetError("--radii applies to --bfr vsharp only")
     method_params = {"lam": args.lam} if args.lam is not None else {}
-    return dict(unwrap=args.unwrap, bfr=args.bfr, method=args.method or QSM_METHOD, bfr_params=bfr_params,
+    method_params.update(network_params(args))
+    method = args.method or QSM_METHOD
+    if args.fallback:
+        from qsmnet.inference.guard import guarded
+
+        method = guarded(method, args.fallback)
+    return dict(unwrap=args.unwrap, bfr=args.bfr, method=method, bfr_params=bfr_params,
                 method_params=method_params, device=args.device)  # fmt: skip
 
 
@@ -66,8 +77,8 @@ def run(args) -> int:
     from qsmnet.errors import QSMNetError
     from qsmnet.inference.qsm_files import find_megre_runs, qsm_files
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="qsmnet qsm: %(message)s")  # fmt: skip
+    if args.quiet:  # the notes (steps, device) of the qsmnet logger that main() set up; warnings stay
+        logging.getLogger("qsmnet").setLevel(logging.WARNING)
     opts = _options(args)
     if args.bids:
         if args.phase or args.mag or args.mask or args.output:

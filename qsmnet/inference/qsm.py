@@ -139,7 +139,8 @@ def run_qsm(
 
     Raises:
         QSMNetError: inconsistent inputs (shapes, echo counts, echo times, no mask and no
-            magnitude, an empty mask) or an unknown step option.
+            magnitude, an empty mask), an unknown step option or a method parameter the method
+            does not take (checked before any step runs).
     """
     from qsmnet import phase as ph
 
@@ -150,13 +151,15 @@ def run_qsm(
     p = p[None] if p.dim() == 3 else p
     te = [float(t) for t in te]
     _check_inputs(p, magnitude, te, b0, geometry, mask, unwrap, bfr)
+    fn = load_method(method)
+    label = fn.name
+    mparams = dict(method_params or {})
+    fn.check_params(mparams)  # before the minutes of unwrapping and background removal
     dev = resolve_device(device)
     p = p.to(dev, torch.float32)
     mag = None if magnitude is None else torch.as_tensor(np.asarray(magnitude, dtype=np.float32)).to(dev)
     if mag is not None:
         mag = mag.reshape(p.shape)
-    fn = load_method(method)
-    label = fn.name
     steps = _Steps(dev)
     t_start = time.perf_counter()
 
@@ -195,7 +198,6 @@ def run_qsm(
     local, m = steps.run("background", f"qsmnet.phase.{bfr}", bp, background)
     if not bool(m.any()):
         raise QSMNetError(f"{bfr} left no voxel of the mask; pass a larger mask or smaller radii")
-    mparams = dict(method_params or {})
 
     def inversion():
         res = fn(local, m, geometry, **mparams)
