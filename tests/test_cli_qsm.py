@@ -225,9 +225,10 @@ def test_qsm_network_options_reach_the_inversion_and_are_checked_first(case, cap
     assert inv["parameters_used"]["flips"] == 1 and inv["inference"]["flips"] == 1
     assert inv["dc"]["mu"] == 0.3 and inv["dc"]["residual_after"] < inv["dc"]["residual_before"]
     assert set(inv["guard"]) >= {"in_domain", "reasons", "returned"}
+    said = capsys.readouterr().out  # the summary names the fallback when the guard used it
+    assert ("unet flagged out of domain, tv returned" in said) == (inv["guard"]["returned"] == "tv"), said
     chi = nib.load(out / "chi.nii.gz").get_fdata()
     assert np.isfinite(chi).all() and chi[inside].std() > 0
-    capsys.readouterr()
     bad = tmp / "bad"
     assert qsm(p, bad, *_te(), "--method", "tv", "--dc", "0.3") == 2
     err = capsys.readouterr().err.strip().splitlines()

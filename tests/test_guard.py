@@ -96,7 +96,7 @@ def test_guarded_method_falls_back_to_tv_only_when_flagged(blob, caplog):
     assert "returning the tv solution" in caplog.text
 
 
-def test_predict_fallback_writes_guard_in_sidecar(tmp_path):
+def test_predict_fallback_writes_guard_in_sidecar(tmp_path, capsys):
     from qsmnet.cli.main import main
     from qsmnet.models.io import available
 
@@ -115,4 +115,6 @@ def test_predict_fallback_writes_guard_in_sidecar(tmp_path):
     assert main(argv) == 0
     side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert side["method"] == "unet" and side["guard"]["returned"] in ("unet", "tv")
+    said = capsys.readouterr().out  # the summary line names the fallback when it was returned
+    assert ("flagged out of domain, tv returned" in said) == (side["guard"]["returned"] == "tv"), said
     assert set(side["guard"]["stats"]) >= {"residual", "std_ratio", "cone_ratio", "correlation"}

@@ -225,9 +225,17 @@ def run(args) -> int:
     return 0
 
 
+def returned(what: str, name: str, guard: dict | None) -> str:
+    """``what`` (the method ``name`` as a summary line shows it), naming the fallback when the
+    out-of-domain guard replaced the network's answer with a solver's."""
+    back = (guard or {}).get("returned")
+    return f"{what} flagged out of domain, {back} returned" if back not in (None, name) else what
+
+
 def _summary(out, side: dict) -> str:
     model = side.get("model")
-    what = f"{side['method']} ({model['version']})" if model else side["method"]
+    name = side["method"]
+    what = returned(f"{name} ({model['version']})" if model else name, name, side.get("guard"))
     its = f", {side['iterations']} iterations" if side.get("iterations") is not None else ""
     inf = side.get("inference") or {}
     mode = f", {inf['mode']}" if inf else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import _lambda, add_network_arguments, network_params
+from .predict import _lambda, add_network_arguments, network_params, returned
 
 HELP = "full QSM pipeline: wrapped multi-echo phase + magnitude -> chi, local and total field (ppm)"
 
@@ -70,6 +70,11 @@ def _options(args) -> dict:
                 method_params=method_params, device=args.device)  # fmt: skip
 
 
+def _what(rep: dict) -> str:
+    inv = next((s for s in rep["steps"] if s["name"] == "inversion"), {})
+    return returned(rep["method"], rep["method"], inv.get("guard"))
+
+
 def run(args) -> int:
     import logging
     import sys
@@ -89,7 +94,7 @@ def run(args) -> int:
             try:
                 r.out.parent.mkdir(parents=True, exist_ok=True)
                 rep = qsm_files(r.phase, r.magnitude, r.out, te=args.te, b0=args.b0, force=args.force, **opts)
-                print(f"{r.out}: {rep['method']}, {rep['seconds']:.1f} s")
+                print(f"{r.out}: {_what(rep)}, {rep['seconds']:.1f} s")
             except (QSMNetError, ValueError, OSError) as e:
                 failed += 1
                 print(f"qsmnet qsm: {r.phase[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -102,5 +107,5 @@ def run(args) -> int:
         raise QSMNetError(f"missing {', '.join(missing)} (or use --bids DIR)")
     rep = qsm_files(args.phase, args.mag, args.output, mask_path=args.mask, te=args.te, b0=args.b0,
                     force=args.force, **opts)  # fmt: skip
-    print(f"{args.output}: chi and maps written ({rep['method']}, {rep['seconds']:.1f} s)")
+    print(f"{args.output}: chi and maps written ({_what(rep)}, {rep['seconds']:.1f} s)")
     return 0
