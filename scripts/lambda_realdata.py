@@ -83,6 +83,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", nargs="+", metavar="METHOD[:CHOOSER]", help="rows (default: RUNS)")
     ap.add_argument("--prefix", default="lambda", help="file names PREFIX_<case>.png, PREFIX_realdata.json")
     args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before minutes of solves, not after
     runs = [tuple(r.split(":", 1)) if ":" in r else (r, None) for r in args.runs] if args.runs else RUNS
     rows = []
     for folder in map(Path, args.folders):
