@@ -13,7 +13,8 @@ HELP = "reconstruct a susceptibility map (ppm) from a local field NIfTI with a n
 _SOLVERS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
 
 
-def _lambda(text: str):
+def lambda_value(text: str):
+    """``--lambda``: a positive weight or the name of a chooser (:mod:`qsmnet.solvers.select`)."""
     choosers = ("auto", "model", "lcurve", "freq", "noise")  # qsmnet.solvers.select
     return text.lower() if text.lower() in choosers else _positive(float)(text)
 
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lambda",
         dest="lam",
-        type=_lambda,
+        type=lambda_value,
         help="weight, or auto/model/lcurve/freq/noise (tikhonov, tv, medi, ilsqr, ndi)",
     )
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")

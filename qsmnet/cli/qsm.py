@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import _lambda, add_network_arguments, network_params, returned
+from .predict import add_network_arguments, lambda_value, network_params, returned
 
 HELP = "full QSM pipeline: wrapped multi-echo phase + magnitude -> chi, local and total field (ppm)"
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--radii", nargs="+", type=float, metavar="MM", help="V-SHARP radii in mm")
     parser.add_argument(
-        "--lambda", dest="lam", type=_lambda, help="weight of the method, or auto/model/lcurve/freq/noise"
+        "--lambda", dest="lam", type=lambda_value, help="the method's weight, or auto/model/lcurve/freq/noise"
     )
     add_network_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
