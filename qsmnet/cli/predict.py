@@ -140,6 +140,15 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
                    help="test-time flip averaging: mean over this many flipped copies (default 4; 1: off)")
 
 
+def with_fallback(method, fallback: str | None):
+    """``method`` under the out-of-domain guard with ``--fallback``'s solver, or as given without one."""
+    if not fallback:
+        return method
+    from qsmnet.inference.guard import guarded
+
+    return guarded(method, fallback)
+
+
 def network_params(args) -> dict:
     """The network options given on the command line, as the network's keyword parameters.
 
@@ -202,11 +211,7 @@ def run(args) -> int:
     check_units(args)
     if args.method and args.checkpoint:
         raise QSMNetError("give --method or --checkpoint, not both")
-    method = args.checkpoint or args.method
-    if args.fallback:
-        from qsmnet.inference.guard import guarded
-
-        method = guarded(method, args.fallback)
+    method = with_fallback(args.checkpoint or args.method, args.fallback)
     batch = [x for x in (args.list_file, args.bids) if x]
     common = dict(units=args.units, b0=args.b0, te=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir,
                   magnitude_path=args.magnitude, device=args.device, force=args.force)  # fmt: skip

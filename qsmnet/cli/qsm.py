@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_network_arguments, lambda_value, network_params, returned
+from .predict import add_network_arguments, lambda_value, network_params, returned, with_fallback
 
 HELP = "full QSM pipeline: wrapped multi-echo phase + magnitude -> chi, local and total field (ppm)"
 
@@ -61,11 +61,7 @@ def _options(args) -> dict:
         raise QSMNetError("--radii applies to --bfr vsharp only")
     method_params = {"lam": args.lam} if args.lam is not None else {}
     method_params.update(network_params(args))
-    method = args.method or QSM_METHOD
-    if args.fallback:
-        from qsmnet.inference.guard import guarded
-
-        method = guarded(method, args.fallback)
+    method = with_fallback(args.method or QSM_METHOD, args.fallback)
     return dict(unwrap=args.unwrap, bfr=args.bfr, method=method, bfr_params=bfr_params,
                 method_params=method_params, device=args.device)  # fmt: skip
 
