@@ -78,7 +78,13 @@ def cg_path(
         yield k, x, float((rr.sqrt() / bnorm).max())
 
 
-def cg_solve(p: Problem, lam: float, tol: float, iterations: int, x0=None) -> tuple[torch.Tensor, int, float]:
+TOL = 1e-3  # iLSQR's default CG stopping tolerance (relative normal-equation residual)
+ITERATIONS = 500  # and its iteration cap
+
+
+def cg_solve(
+    p: Problem, lam: float, tol: float = TOL, iterations: int = ITERATIONS, x0=None
+) -> tuple[torch.Tensor, int, float]:
     """Damped CG run to ``tol`` (or the cap): (chi, iterations, relative residual)."""
     for k, x, rel in cg_path(p, lam, x0):  # noqa: B007 - the last iterate is kept
         if rel < tol or k >= iterations:
@@ -121,8 +127,8 @@ def ilsqr(
     *,
     info: dict | None = None,
     lam: float | str = "auto",
-    tol: float = 1e-3,
-    iterations: int = 500,
+    tol: float = TOL,
+    iterations: int = ITERATIONS,
 ) -> torch.Tensor:
     """Damped masked least squares by conjugate gradient, run to a residual tolerance.
 

@@ -102,7 +102,8 @@ def ndi(
         tol: stop when the relative chi update is below this (default 1e-4).
         phase_scale: rad per ppm (``ppm_to_rad(1, te, b0)``); None uses 3 T, TE 20 ms.
         start: ``"lsq"`` (default): descend from the damped masked least-squares solution at the
-            chosen weight (CG to 1e-3, some tens of FFT pairs); ``"zero"``: from zero (Polak et al.).
+            chosen weight (iLSQR's CG and stopping rule, some tens of FFT pairs); ``"zero"``: from
+            zero (Polak et al.).
 
     Returns:
         chi (ppm), the field's shape, zero outside the mask.
@@ -116,7 +117,7 @@ def ndi(
     method = select.resolve(lam)
 
     def begin(q, w, x):  # the descent's start: a given state, else per ``start``
-        return x if x is not None or start == "zero" else cg_solve(q, w, 1e-3, 500)[0]
+        return x if x is not None or start == "zero" else cg_solve(q, w)[0]
 
     w2 = p.mask
     if magnitude is not None:
