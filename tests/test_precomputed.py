@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from qsmnet.data import PrecomputedDataset, QSMDataModule, collate
+from qsmnet.data.precomputed import source_crop
+from qsmnet.data.simulated import random_crop
 from qsmnet.inference.network import NetworkMethod
 from qsmnet.models import QSMUNet, VarNet
 from qsmnet.physics import DipoleOperator, Geometry
@@ -78,6 +81,42 @@ def test_patches_are_cut_from_the_whole_volume_and_augmented_together(tmp_path):
         assert found
     batch = collate([patches[0], patches[1]])
     assert batch.init.shape == batch.field.shape
+
+
+def test_source_patches_are_centred_on_strong_chi():
+    # a sparse strong source in a weak background: uniform patches rarely hold it, source patches
+    # always do, and the drawn centre is a voxel of the source (weighted by |chi|)
+    chi = torch.full((48, 40, 36), 0.02)
+    chi[30:33, 12:14, 20:22] = 1.0
+    chi[10, 30, 10] = 0.1  # below the threshold: never a centre
+    mask = torch.ones_like(chi)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        sl = source_crop(chi, mask, (12, 10, 8), rng, 0.2)
+        centre = [s.start + n // 2 for s, n in zip(sl, (12, 10, 8), strict=True)]
+        assert chi[tuple(centre)] == 1.0 and chi[sl].shape == (12, 10, 8)
+    assert source_crop(chi, torch.zeros_like(chi), (12, 10, 8), rng, 0.2) is None  # outside the mask
+    assert source_crop(torch.full_like(chi, 0.1), mask, (12, 10, 8), rng, 0.2) is None
+    uniform = sum(float(chi[random_crop(mask, (12, 10, 8), rng, 0.2)].max()) == 1.0 for _ in range(200))
+    assert uniform < 50
+
+
+def test_source_patches_are_cut_alike_from_every_array(tmp_path):
+    whole = _dataset(tmp_path, augment=False)
+    whole.prepare(progress=False)
+    src = _dataset(tmp_path, patch_size=(10, 10, 8), patches_per_volume=3, augment=False,
+                   source_patches=1.0, source_threshold=0.05)
+    torch.manual_seed(1)
+    for k in range(len(src)):
+        p, w = src[k], whole[k // 3]
+        hit = [(x, y, z) for x in range(11) for y in range(9) for z in range(9)
+               if torch.equal(w.chi[0, x:x + 10, y:y + 10, z:z + 8], p.chi[0])]
+        assert hit and any(torch.equal(w.init[0, x:x + 10, y:y + 10, z:z + 8], p.init[0])
+                           and torch.equal(w.field[0, x:x + 10, y:y + 10, z:z + 8], p.field[0])
+                           for x, y, z in hit)
+        assert float(p.chi.abs().max()) >= 0.05
+    with pytest.raises(ValueError, match="source_patches"):
+        _dataset(tmp_path, source_patches=1.5)
 
 
 def test_datamodule_prepares_the_cache(tmp_path):
