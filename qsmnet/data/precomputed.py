@@ -312,7 +312,7 @@ def source_crop(chi: torch.Tensor, mask: torch.Tensor, patch_size, rng: np.rando
     from monai.transforms.utils import weighted_patch_samples
 
     a = chi.abs() * (mask > 0)
-    w = torch.where(a >= threshold, a, torch.zeros_like(a))
+    w = a * (a >= threshold)
     half = [p // 2 for p in patch_size]
     valid = tuple(slice(h, n - p + h) if n > p else slice(n // 2, n // 2 + 1)  # MONAI's centres
                   for h, n, p in zip(half, w.shape, patch_size, strict=True))
