@@ -131,6 +131,28 @@ def test_datamodule_prepares_the_cache(tmp_path):
     assert v.field.shape[-3:] == (20, 18, 16) and len(dm.val_set) == 4
 
 
+def test_extra_training_set_is_concatenated_with_its_own_cache(tmp_path):
+    spec = {"cache_dir": str(tmp_path / "cache"), "simulation": SIM, "init": "tkd", "volumes": 2,
+            "patch_size": 8, "patches_per_volume": 2, "workers": 1, "seed": 0}
+    extra = {"big": {"seed": 10, "volumes": 1, "simulation_override": {"shape": [16, 16, 16]}},
+             "off": {"seed": 20, "volumes": 0}}
+    dm = QSMDataModule(train=spec, train_extra=extra, batch_size=2)
+    assert list(dm.extra_specs) == ["big"]  # volumes 0: left out
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == (2 + 1) * 2
+    main, big = dm.train_set.datasets
+    assert main.folder != big.folder and main.spec == PrecomputedDataset(**{
+        k: v for k, v in spec.items() if k != "cache_dir"}, cache_dir=spec["cache_dir"]).spec
+    assert big.spec["simulation"][0]["shape"] == [16, 16, 16] and big.spec["seed"] == 10
+    assert big[0].field.shape[-3:] == (8, 8, 8)
+    whole = torch.load(big.path(0))
+    assert tuple(whole["field"].shape[-3:]) == (16, 16, 16)
+    clash = QSMDataModule(train=spec, train_extra={"x": {"seed": 0, "volumes": 1}}, batch_size=2)
+    with pytest.raises(ValueError, match="train_extra.x seeds"):
+        clash.setup("fit")
+
+
 def _phantom(shape=(24, 22, 20), geom=None):
     g = torch.Generator().manual_seed(1)
     chi = torch.nn.functional.avg_pool3d(torch.randn(1, 1, *shape, generator=g), 5, 1, 2) * 0.5

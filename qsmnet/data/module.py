@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import ConcatDataset, DataLoader, IterableDataset
 
 from .sample import collate
 from .simulated import SimulatedQSMDataset
@@ -52,15 +52,34 @@ def _entries(spec: dict) -> list:
     return list(sims) if isinstance(sims, list | tuple) else [sims]
 
 
-def _check_held_out(train: dict, val: dict | None) -> None:
+def extra_specs(train: dict, extra: dict | None) -> dict[str, dict]:
+    """The full specs of the extra training sets: each of ``extra``'s entries overrides keys of
+    ``train`` (typically ``seed`` and ``volumes``), and its ``simulation_override`` dict updates
+    every ``simulation`` entry (e.g. ``haemorrhage_prob: 1.0`` for a pathology-enriched set). The
+    main set keeps its own spec, and so its cache. Entries with ``volumes: 0`` are left out."""
+    out = {}
+    for name, over in (extra or {}).items():
+        over = dict(over or {})
+        sim_over = dict(over.pop("simulation_override", None) or {})
+        spec = {**train, **over}
+        if sim_over:
+            spec["simulation"] = [{**dict(e), **sim_over} for e in _entries(spec)]
+        if int(spec.get("volumes", 1)) > 0:
+            out[str(name)] = spec
+    return out
+
+
+def _check_held_out(train: dict, val: dict | None, what: str = "validation") -> None:
     """Precomputed validation volumes must come from other seeds than the training ones (entry k of
-    a spec uses ``seed + k``), or validation would score volumes the network trained on."""
+    a spec uses ``seed + k``), or validation would score volumes the network trained on (and an
+    extra training set would repeat the main set's heads)."""
     if not train or not val or "cache_dir" not in train or "cache_dir" not in val:
         return
     seeds = [{int(s.get("seed", 0)) + k for k in range(len(_entries(s)))} for s in (train, val)]
     if seeds[0] & seeds[1]:
-        raise ValueError(f"validation seeds {sorted(seeds[1])} overlap the training seeds "
-                         f"{sorted(seeds[0])}: give data.val another seed")
+        raise ValueError(f"{what} seeds {sorted(seeds[1])} overlap the training seeds "
+                         f"{sorted(seeds[0])}: give data.{'val' if what == 'validation' else what} "
+                         "another seed")
 
 
 class QSMDataModule(L.LightningDataModule):
@@ -76,12 +95,19 @@ class QSMDataModule(L.LightningDataModule):
         val_batch_size: validation batch size (default: ``batch_size`` for simulated data, 1 for
             folders, whose volumes may differ in shape).
         pin_memory: pin host memory (for CUDA training).
+        train_extra: named extra training sets concatenated with ``train``, each given as the keys
+            it changes in ``train`` plus an optional ``simulation_override`` for every simulation
+            entry (:func:`extra_specs`): e.g. ``{"pathology": {"seed": 7010, "volumes": 48,
+            "simulation_override": {"haemorrhage_prob": 1.0}}}``. Each has its own cache, so adding
+            one leaves the main set's cache valid; its seeds must avoid validation's too.
     """
 
     def __init__(self, train: dict | None = None, val: dict | None = None, batch_size: int = 4,
-                 num_workers: int = 0, val_batch_size: int | None = None, pin_memory: bool = False):
+                 num_workers: int = 0, val_batch_size: int | None = None, pin_memory: bool = False,
+                 train_extra: dict | None = None):
         super().__init__()
         self.train_spec = _plain(train) or {}
+        self.extra_specs = extra_specs(self.train_spec, _plain(train_extra))
         self.val_spec = _plain(val)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -93,7 +119,9 @@ class QSMDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Fill the caches of precomputed datasets (once per node, before ``setup``)."""
-        for spec, val in ((self.train_spec, False), (self._val_spec(), True)):
+        specs = [(self.train_spec, False), *((s, False) for s in self.extra_specs.values()),
+                 (self._val_spec(), True)]
+        for spec, val in specs:
             if spec and "cache_dir" in spec:
                 build_dataset(spec, validation=val).prepare()
 
@@ -110,9 +138,13 @@ class QSMDataModule(L.LightningDataModule):
         return spec
 
     def setup(self, stage: str | None = None) -> None:
-        _check_held_out(self.train_spec, self._val_spec())
+        for spec in (self.train_spec, *self.extra_specs.values()):
+            _check_held_out(spec, self._val_spec())
+        for name, spec in self.extra_specs.items():
+            _check_held_out(self.train_spec, spec, what=f"train_extra.{name}")
         if self.train_set is None:
-            self.train_set = build_dataset(self.train_spec)
+            sets = [build_dataset(s) for s in (self.train_spec, *self.extra_specs.values())]
+            self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         if self.val_set is None:
             self.val_set = build_dataset(self._val_spec(), validation=True)
 
