@@ -269,3 +269,48 @@ def test_dataset_guide_is_computed_on_the_whole_volume(tmp_path):
     x, y, z = hits[0]
     # the patch's guide is the whole volume's, cropped (not recomputed on the patch)
     torch.testing.assert_close(p.init[1], ref[0, x:x + sx, y:y + sy, z:z + sz])
+
+
+def test_the_in_model_closed_form_is_not_cached_and_a_tikhonov_solver_is(tmp_path):
+    # "tikhonov" with no parameters is computed inside the network on the patch it gets, as at
+    # inference: caching the tikhonov *solver's* answer for it (its own lambda, whole volume) fed
+    # the network another input in training than at inference (unet_head, sessions 5-14)
+    spec = {"simulation": {"phantom": "shapes", "shape": (16, 16, 16)}, "volumes": 1}
+    plain = PrecomputedDataset(tmp_path, init="tikhonov", init_params={}, **spec)
+    plain.prepare()
+    assert plain[0].init is None
+    solver = PrecomputedDataset(tmp_path, init="tikhonov", init_params={"lam": "auto"}, **spec)
+    solver.prepare()
+    s = solver[0]
+    torch.testing.assert_close(s.init, SOLVERS["tikhonov"](s.field[None], s.mask[None], s.geometry)[0])
+    with pytest.raises(ValueError, match="residual guide needs a precomputed estimate"):
+        PrecomputedDataset(tmp_path, init="tikhonov", guide_lambda=0.02, **spec)
+    kw = {"channels": (4, 8), "strides": (2,)}
+    assert not QSMUNet(init="tikhonov", **kw).precomputed_init
+    net = QSMUNet(init="tikhonov", init_params={"lam": "auto"}, **kw)
+    assert net.precomputed_init
+    chi, field, mask, geom = _phantom()
+    torch.testing.assert_close(net.initial_estimate(field, mask, geom), SOLVERS["tikhonov"](field, mask, geom) * mask)
+
+
+def test_shipped_networks_see_at_inference_the_estimate_they_were_trained_on():
+    import json
+    from pathlib import Path
+
+    from qsmnet.inference.contract import signature_defaults
+    from qsmnet.models.io import build_network
+
+    def call(name, params):  # a solver call with its defaults filled in
+        return name, {**signature_defaults(SOLVERS[name]), **(params or {})}
+
+    checked = 0
+    for path in sorted((Path(__file__).parents[1] / "qsmnet" / "weights").glob("*.json")):
+        meta = json.loads(path.read_text())
+        train = ((meta.get("train_config") or {}).get("data") or {}).get("train") or {}
+        if not train.get("cache_dir") or train.get("init") is None or train.get("base"):
+            continue
+        net = build_network(meta["model"])
+        assert net.precomputed_init, path.name
+        assert call(net.init, net.init_params) == call(train["init"], train["init_params"]), path.name
+        checked += 1
+    assert checked >= 3  # unet_head, unet_tv, varnet_tv

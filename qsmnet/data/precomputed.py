@@ -94,8 +94,10 @@ class PrecomputedDataset(Dataset):
             or a list of them: volume ``i`` then comes from entry ``i % len(list)`` (e.g. 1 mm
             grids and 2 mm-slice grids of the same field of view).
         init: solver name of the estimate (:data:`qsmnet.solvers.SOLVERS`), as the network's ``init``;
-            None caches the simulated volumes alone (items then have ``init=None``: for networks
-            that compute their own cheap input, e.g. a plain U-Net's Tikhonov).
+            None, or ``"tikhonov"`` with no ``init_params`` (the closed form networks compute
+            inside ``forward``, :func:`qsmnet.models.common.closed_form_init`), caches the
+            simulated volumes alone (items then have ``init=None``, and the network computes its
+            own input, as it does at inference).
         init_params: that solver's parameters, as the network's ``init_params``.
         volumes: number of whole volumes.
         seed: seed of the simulation.
@@ -152,6 +154,14 @@ class PrecomputedDataset(Dataset):
         sims = [dict(x) for x in simulation] if isinstance(simulation, list | tuple) else [dict(simulation)]
         if base is not None and init is None:
             init, init_params = _base_init(str(base))
+        from qsmnet.models.common import closed_form_init
+
+        if closed_form_init(init, init_params):
+            # the network computes this estimate itself, on the patch it is given, as at inference
+            if guide_lambda is not None:
+                raise ValueError("a residual guide needs a precomputed estimate: give init_params "
+                                 "(e.g. {lam: auto} for the tikhonov solver) or a solver such as tv")
+            init = None
         if init is None and guide_lambda is not None:
             raise ValueError("PrecomputedDataset needs init (a solver name) for a residual guide")
         self.spec = {"simulation": sims, "init": None if init is None else str(init),

@@ -80,15 +80,23 @@ def residual_guide(field: torch.Tensor, mask: torch.Tensor, geometry, est: torch
     return tikhonov(op, r, lam) * mask
 
 
+def closed_form_init(init: str | None, init_params: dict | None) -> bool:
+    """Whether a network's ``init``/``init_params`` name the closed form computed inside the model
+    (``"tikhonov"`` with no parameters) rather than a solver run on the whole volume."""
+    return init == "tikhonov" and not init_params
+
+
 class InitialEstimate:
     """Mixin: the classical estimate a network starts from.
 
-    ``init="tikhonov"`` is the closed form with the network's ``tik_lambda`` (cheap, differentiable,
-    computed inside ``forward``). Any other name is a solver of :data:`qsmnet.solvers.SOLVERS`
-    (e.g. ``"tv"`` with ``init_params={"lam": 5e-5}``), run without gradients. Such an iterative
-    estimate must be the whole volume's: training on patches takes it precomputed
+    ``init="tikhonov"`` with no ``init_params`` is the closed form with the network's ``tik_lambda``
+    (cheap, differentiable, computed inside ``forward`` on whatever patch or window it is given).
+    Any other name, or ``"tikhonov"`` with parameters, is that solver of
+    :data:`qsmnet.solvers.SOLVERS` (e.g. ``"tv"`` with ``init_params={"lam": 5e-5}``, or
+    ``"tikhonov"`` with ``{"lam": "auto"}``: λ chosen per subject), run without gradients. Such a
+    solver's estimate must be the whole volume's: training on patches takes it precomputed
     (``forward(..., init=...)``, :class:`qsmnet.data.PrecomputedDataset`) and inference computes it
-    before any sliding window (:attr:`precomputed_init`).
+    before any sliding window (:attr:`precomputed_init`), so both see the same input.
 
     ``guide_lambda`` (networks that take it, :class:`~qsmnet.models.QSMUNet`): the estimate comes
     with a second channel, :func:`residual_guide` with that Tikhonov weight, so ``init`` tensors are
@@ -107,16 +115,21 @@ class InitialEstimate:
         if guide_lambda is not None and not float(guide_lambda) > 0:
             raise ValueError(f"guide_lambda must be > 0 or None, got {guide_lambda}")
         self.guide_lambda = None if guide_lambda is None else float(guide_lambda)
-        if self.init != "tikhonov":
+        if not self.closed_form_init:
             from qsmnet.solvers import SOLVERS
 
             if self.init not in SOLVERS:
                 raise ValueError(f"init must be 'tikhonov' or one of {sorted(SOLVERS)}, got {init!r}")
 
     @property
+    def closed_form_init(self) -> bool:
+        """True when the estimate is the in-model closed form (``init="tikhonov"``, no parameters)."""
+        return closed_form_init(self.init, self.init_params)
+
+    @property
     def precomputed_init(self) -> bool:
-        """True when the initial estimate is iterative or guided: compute it once on the whole volume."""
-        return self.init != "tikhonov" or self.guide_lambda is not None
+        """True when the initial estimate is a solver's or guided: compute it once on the whole volume."""
+        return not self.closed_form_init or self.guide_lambda is not None
 
     @property
     def init_channels(self) -> int:
@@ -127,7 +140,7 @@ class InitialEstimate:
                          op: DipoleOperator | None = None) -> torch.Tensor:
         """The starting estimate, (B, :attr:`init_channels`, X, Y, Z) ppm, zero outside the mask."""
         f = field * mask
-        if self.init == "tikhonov":
+        if self.closed_form_init:
             op = make_operator(geometry, field, self.pad) if op is None else op
             est = tikhonov(op, f, self.tik_lambda) * mask
         else:

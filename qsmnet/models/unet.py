@@ -40,7 +40,9 @@ class QSMUNet(InitialEstimate, nn.Module):
         scale: fixed factor from ppm to the U-Net's working units (see :mod:`qsmnet.models.common`).
         pad: zero padding of the dipole operator used for the Tikhonov estimate.
         init, init_params: the initial estimate (see :class:`~qsmnet.models.common.InitialEstimate`):
-            ``"tikhonov"`` (closed form with ``tik_lambda``) or a solver name and its parameters.
+            ``"tikhonov"`` with no parameters (closed form with ``tik_lambda``, computed inside
+            ``forward``) or a solver name and its parameters (``"tikhonov"``, ``{"lam": "auto"}``
+            is the Tikhonov solver with lambda chosen per subject), solved on the whole volume.
         guide_lambda: Tikhonov weight of the residual-guide channel (None: no guide).
     """
 
