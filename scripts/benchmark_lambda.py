@@ -22,7 +22,9 @@ Cases (combine freely):
   against ``truth_chi`` in its mask intersected with ``brainmask``.
 
 ``--grid LO HI N [ITERS]`` replaces the dense grid of every solver run (ITERS: ADMM iterations per
-weight for tv / medi, default 40); ``--no-timing`` skips the reference solve at the best weight.
+weight for tv / medi, default 40); ``--no-timing`` skips the reference solve at the best weight;
+``--param KEY=VALUE`` passes a solver parameter to every call of the solver (e.g. ``pad=0`` for
+tikhonov's circular closed form; tv / medi dense sweeps call ADMM directly and ignore it).
 
     OMP_NUM_THREADS=2 python scripts/benchmark_lambda.py --realistic 0:160:1:0 --solvers tv tikhonov
 """
@@ -144,7 +146,19 @@ def err(chi, c) -> float:
     return float(nrmse(chi.numpy(), c["chi"].numpy(), c.get("score_mask", c["mask"]).numpy()))
 
 
-def dense_sweep(solver: str, c: dict, grid=None) -> list[tuple[float, float]]:
+def parse_params(items) -> dict:
+    """``["pad=0", "regulariser=identity"]`` -> ``{"pad": 0.0, "regulariser": "identity"}``."""
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def dense_sweep(solver: str, c: dict, grid=None, params=None) -> list[tuple[float, float]]:
     """(lambda, nRMSE) over the dense grid (``grid`` = (lo, hi, n[, iters]) or :data:`DENSE`),
     warm-started where possible."""
     lo, hi, n = (grid or DENSE[solver])[:3]
@@ -166,7 +180,7 @@ def dense_sweep(solver: str, c: dict, grid=None) -> list[tuple[float, float]]:
     if solver == "tikhonov":
         f = get_solver("tikhonov")
         return [
-            (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam)), c))
+            (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam), **(params or {})), c))
             for lam in np.logspace(math.log10(lo), math.log10(hi), n)
         ]
     from qsmnet.solvers.ilsqr import cg_solve
@@ -183,11 +197,12 @@ def dense_sweep(solver: str, c: dict, grid=None) -> list[tuple[float, float]]:
     return out
 
 
-def run_solver(solver: str, c: dict, choosers, grid=None, timing: bool = True) -> list[dict]:
+def run_solver(solver: str, c: dict, choosers, grid=None, timing: bool = True, params=None) -> list[dict]:
     from qsmnet.solvers.select import cone_power
 
     rho = cone_power(prepare(c["field"], c["mask"], c["geom"]))
-    dense = dense_sweep(solver, c, grid)
+    params = dict(params or {})
+    dense = dense_sweep(solver, c, grid, params)
     for lam_d, e_d in dense:
         print(f"{c['name']:32s} {solver:8s} dense lam {lam_d:<10.3g} nRMSE {e_d:6.2f}", flush=True)
     best_lam, best_err = min(dense, key=lambda r: r[1])
@@ -195,13 +210,13 @@ def run_solver(solver: str, c: dict, choosers, grid=None, timing: bool = True) -
     t_one = float("nan")
     if timing:
         t0 = time.perf_counter()
-        f(c["field"], c["mask"], c["geom"], lam=best_lam)
+        f(c["field"], c["mask"], c["geom"], lam=best_lam, **params)
         t_one = time.perf_counter() - t0
     rows = []
     for ch in choosers:
         info = {}
         t0 = time.perf_counter()
-        x = f(c["field"], c["mask"], c["geom"], lam=ch, info=info)
+        x = f(c["field"], c["mask"], c["geom"], lam=ch, info=info, **params)
         dt = time.perf_counter() - t0
         e = err(x, c)
         lam = info.get("lambda")
@@ -252,6 +267,7 @@ def main(argv=None) -> None:
     ap.add_argument("--qsm", nargs="*", metavar="DIR", help="simulated head folders run through run_qsm")
     ap.add_argument("--grid", nargs="+", type=float, metavar="LO HI N [ITERS]", help="dense grid override")
     ap.add_argument("--no-timing", action="store_true", help="skip the reference solve at the best weight")
+    ap.add_argument("--param", nargs="*", metavar="KEY=VALUE", help="solver parameters for every call")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--solvers", nargs="+", default=["tv", "tikhonov", "medi", "ilsqr", "ndi"])
     ap.add_argument("--choosers", nargs="+", default=list(CHOOSERS))
@@ -269,7 +285,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing)
+            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, parse_params(args.param))
             if args.json:  # after every solver: a stopped run keeps what it measured
                 Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -4,12 +4,18 @@
 
 with R the identity (``|R|^2 = 1``) or the periodic gradient (``|R|^2`` = the Laplacian symbol of
 :func:`qsmnet.physics.linalg.gradient_kernel`, in 1/mm^2). One FFT pair; the k = 0 mean is left
-at zero.
+at zero. The closed form fits the field on the whole (periodic) grid, zero outside the mask, so a
+brain that fills its grid couples to its own periodic copies: the solver zero-pads each axis to
+1.5x the mask's extent first (``pad``; docs/regularisation.md).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from qsmnet.physics import Geometry
 
 from . import select
 from .base import Problem, finish, prepare, safe_reciprocal, sub_problem
@@ -20,6 +26,8 @@ from .registry import register
 SWEEP = (1e-3, 3.0, 25)
 
 _REGULARISERS = ("gradient", "identity")
+#: default zero padding: each axis at least (1 + PAD) x the mask's extent along it.
+PAD = 0.5
 #: identity-regulariser lambda per gradient-regulariser lambda (|grad|^2 ~ 1/mm^2 at mid frequencies).
 _IDENTITY_PER_GRADIENT = 1.0
 
@@ -79,6 +87,26 @@ def pilot(p: Problem) -> torch.Tensor:
     return p.op.filter(p.field, _filter(p, as_lambda(PILOT_LAMBDA, p), "gradient"))
 
 
+def padding(mask: torch.Tensor, pad: float) -> tuple[int, int, int]:
+    """Voxels of zero padding per axis (added at the end) that make each axis at least ``1 + pad``
+    times the extent of ``mask`` (B, 1, X, Y, Z; any sample) along it; zeros where it already is."""
+    inside = mask.detach().flatten(0, 1).any(0)
+    out = []
+    for d, n in enumerate(inside.shape):
+        line = inside.any(dim=tuple(a for a in range(3) if a != d)).nonzero()
+        ext = int(line[-1] - line[0] + 1) if len(line) else 0
+        out.append(max(0, math.ceil((1 + pad) * ext) - n))
+    return tuple(out)
+
+
+def _padded(p: Problem, pads: tuple[int, int, int]) -> Problem:
+    """``p`` on a grid grown by ``pads`` voxels at the end of each axis (field and mask zero there)."""
+    widths = (0, pads[2], 0, pads[1], 0, pads[0])
+    f = torch.nn.functional.pad(p.field, widths)
+    geoms = [Geometry(tuple(f.shape[-3:]), g.voxel_size, g.b0_dir) for g in p.geometries]
+    return prepare(f, torch.nn.functional.pad(p.mask, widths), geoms)
+
+
 @register("tikhonov")
 def tikhonov(
     field,
@@ -88,6 +116,7 @@ def tikhonov(
     info: dict | None = None,
     lam: float | str = "auto",
     regulariser: str = "gradient",
+    pad: float = PAD,
 ) -> torch.Tensor:
     """Closed-form Tikhonov (CFL2) dipole inversion.
 
@@ -104,29 +133,39 @@ def tikhonov(
             white-noise phantoms (48^3, 3.5 mm); on realistic brains the best is 0.07-0.4
             (``docs/regularisation.md``).
         regulariser: ``"gradient"`` (default) or ``"identity"``.
+        pad: zero padding before the solve (and the choice of ``lam``): each axis grows to at least
+            ``1 + pad`` times the mask's extent along it; 0 solves on the circular grid as given.
+            At the automatic weight 0.5 lowered the nRMSE on 9 of 11 realistic heads and brains
+            (benchmark v2 mean 71.1 -> 66.5 %, a 0.86x0.86x2 mm brain 105 -> 81 %) and on all 16
+            small benchmark cases (44.9 -> 39.9 %; docs/regularisation.md).
 
     Returns:
         chi (ppm), the field's shape, zero outside the mask.
     """
     if regulariser not in _REGULARISERS:
         raise ValueError(f"regulariser must be one of {_REGULARISERS}, got {regulariser!r}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
     p = prepare(field, mask, geometry)
+    pads = padding(p.mask, float(pad))
+    q = _padded(p, pads) if any(pads) else p
     method = select.resolve(lam)
     rec = None
     if method == "fixed":
-        lam_t = as_lambda(lam, p)
+        lam_t = as_lambda(lam, q)
     elif method in ("noise", "model"):
-        lam_t = auto_lambda(p, regulariser)
+        lam_t = auto_lambda(q, regulariser)
         if method == "model":
-            fac = [_model_factor(sub_problem(p, b), float(lam_t[b]), regulariser) for b in range(len(lam_t))]
-            lam_t = lam_t * torch.tensor(fac, device=p.device).view(-1, 1, 1, 1, 1)
+            fac = [_model_factor(sub_problem(q, b), float(lam_t[b]), regulariser) for b in range(len(lam_t))]
+            lam_t = lam_t * torch.tensor(fac, device=q.device).view(-1, 1, 1, 1, 1)
     else:
         lams, recs = [], []
-        for b in range(p.field.shape[0]):
-            recs.append(kspace_sweep(sub_problem(p, b), regulariser))
+        for b in range(q.field.shape[0]):
+            recs.append(kspace_sweep(sub_problem(q, b), regulariser))
             lams.append(select.choose(recs[-1], method))
-        lam_t = torch.tensor(lams, device=p.device).view(-1, 1, 1, 1, 1)
+        lam_t = torch.tensor(lams, device=q.device).view(-1, 1, 1, 1, 1)
         rec = recs[0] if len(recs) == 1 else None
-    chi = p.op.filter(p.field, _filter(p, lam_t, regulariser))
+    chi = q.op.filter(q.field, _filter(q, lam_t, regulariser))
+    chi = chi[..., : p.field.shape[-3], : p.field.shape[-2], : p.field.shape[-1]]
     select.report(info, lambda_summary(lam_t), method, rec)
-    return finish(p, chi, info, 0)
+    return finish(p, chi, info, 0, padding=list(pads))
