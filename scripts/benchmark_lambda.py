@@ -146,18 +146,6 @@ def err(chi, c) -> float:
     return float(nrmse(chi.numpy(), c["chi"].numpy(), c.get("score_mask", c["mask"]).numpy()))
 
 
-def parse_params(items) -> dict:
-    """``["pad=0", "regulariser=identity"]`` -> ``{"pad": 0.0, "regulariser": "identity"}``."""
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def dense_sweep(solver: str, c: dict, grid=None, params=None) -> list[tuple[float, float]]:
     """(lambda, nRMSE) over the dense grid (``grid`` = (lo, hi, n[, iters]) or :data:`DENSE`),
     warm-started where possible."""
@@ -277,6 +265,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    from lambda_realdata import key_values
+
+    params = key_values(args.param or [])
     for c in load_cases(args):
         if "frac" in c:
             print(
@@ -285,7 +276,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, parse_params(args.param))
+            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, params)
             if args.json:  # after every solver: a stopped run keeps what it measured
                 Path(args.json).write_text(json.dumps(rows, indent=1))
 

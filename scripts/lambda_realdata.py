@@ -60,8 +60,13 @@ def _params(spec: str | None) -> dict:
         return {}
     if "=" not in spec:
         return {"lam": spec}
+    return key_values(spec.split(","))
+
+
+def key_values(pairs) -> dict:
+    """``["dc=0.3", "flips=1", "bfr=pdf"]`` -> ``{"dc": 0.3, "flips": 1, "bfr": "pdf"}`` (numbers parsed)."""
     out = {}
-    for pair in spec.split(","):
+    for pair in pairs:
         key, value = pair.split("=", 1)
         try:
             out[key] = int(value) if value.isdigit() else float(value)
