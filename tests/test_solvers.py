@@ -252,3 +252,29 @@ def test_tikhonov_pads_a_brain_that_fills_its_grid():
     assert err[0] < 0.92 * err[1]  # 0.46 vs 0.52
     with pytest.raises(ValueError, match="pad"):
         SOLVERS["tikhonov"](field, mask, geom, pad=-1)
+
+
+def test_tikhonov_gradient_floor_bounds_the_low_frequency_gain_near_the_cone():
+    # The gradient penalty lam |k|^2 vanishes at low k, where the filter D / (D^2 + lam |k|^2)
+    # peaks at 1 / (2 sqrt(lam) |k|) near the cone: background remnants pass amplified, by an
+    # amount set by which low frequencies the grid samples. With |R|^2 = |k|^2 + floor the gain is
+    # at most 1 / (2 sqrt(lam floor)) at every frequency.
+    import math
+
+    shape, lam, floor = (64, 64, 64), 0.07, 0.1
+    f = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.01
+    mask = torch.ones(shape)
+    geom = Geometry(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 1.0))
+    bound = 1 / (2 * math.sqrt(lam * floor))
+
+    def max_gain(**kw):
+        chi = SOLVERS["tikhonov"](f, mask, geom, lam=lam, pad=0, **kw)
+        return float((torch.fft.rfftn(chi).abs() / torch.fft.rfftn(f).abs().clamp_min(1e-12)).max())
+
+    assert max_gain(floor=0.0) > 1.5 * bound  # 10.3 vs 6.0
+    assert max_gain(floor=floor) <= bound
+    identity = SOLVERS["tikhonov"](f, mask, geom, lam=lam, regulariser="identity", pad=0)
+    torch.testing.assert_close(identity, SOLVERS["tikhonov"](f, mask, geom, lam=lam, regulariser="identity",
+                                                           pad=0, floor=0.0))
+    with pytest.raises(ValueError, match="floor"):
+        SOLVERS["tikhonov"](f, mask, geom, floor=-0.1)
