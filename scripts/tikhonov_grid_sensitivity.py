@@ -18,7 +18,6 @@ import torch
 
 from qsmnet.compare import load_cases
 from qsmnet.metrics import nrmse
-from qsmnet.physics import Geometry
 from qsmnet.solvers import SOLVERS
 from qsmnet.solvers import tikhonov as tik
 from qsmnet.solvers.base import prepare
@@ -42,19 +41,18 @@ def main(argv=None) -> None:
     rows = []
     for c in cases:
         field, mask = c.field, c.mask.float()
-        base = tik.padding(prepare(field, mask, c.geometry).mask, tik.PAD)
+        p = prepare(field, mask, c.geometry)
+        base = tik.padding(p.mask, tik.PAD)
         for floor in args.floors:
             info: dict = {}
             SOLVERS["tikhonov"](field, mask, c.geometry, lam=args.lam, floor=floor, info=info)
             lam = float(info["lambda"])
             errs = []
             for dz in args.extra:
-                # the solver's own zero padding, made by hand and dz voxels longer; pad=0 solves as given
-                widths = (0, base[2] + dz, 0, base[1], 0, base[0])
-                f_pad, m_pad = (torch.nn.functional.pad(x, widths) for x in (field, mask))
-                geom = Geometry(tuple(f_pad.shape), c.geometry.voxel_size, c.geometry.b0_dir)
-                chi = SOLVERS["tikhonov"](f_pad, m_pad, geom, lam=lam, floor=floor, pad=0)
-                chi = chi[: field.shape[0], : field.shape[1], : field.shape[2]]
+                # the solver's own zero padding, dz voxels longer along the last axis; pad=0 solves as given
+                q = tik.pad_problem(p, (base[0], base[1], base[2] + dz))
+                chi = SOLVERS["tikhonov"](q.field, q.mask, q.geometries, lam=lam, floor=floor, pad=0)
+                chi = chi[0, 0, : field.shape[0], : field.shape[1], : field.shape[2]]
                 errs.append(float(nrmse(chi.numpy(), c.chi.numpy(), mask.numpy())))
             rows.append({"case": c.name, "floor": floor, "lam": lam, "extra": args.extra, "nrmse": errs,
                          "spread": max(errs) - min(errs)})

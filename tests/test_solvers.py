@@ -6,6 +6,8 @@ scored by qsmnet.metrics' demeaned nRMSE (%).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import qsm_forward
@@ -259,8 +261,6 @@ def test_tikhonov_gradient_floor_bounds_the_low_frequency_gain_near_the_cone():
     # peaks at 1 / (2 sqrt(lam) |k|) near the cone: background remnants pass amplified, by an
     # amount set by which low frequencies the grid samples. With |R|^2 = |k|^2 + floor the gain is
     # at most 1 / (2 sqrt(lam floor)) at every frequency.
-    import math
-
     shape, lam, floor = (64, 64, 64), 0.07, 0.1
     f = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.01
     mask = torch.ones(shape)

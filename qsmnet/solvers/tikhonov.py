@@ -49,7 +49,7 @@ def _penalty(p: Problem, regulariser: str, floor: float) -> torch.Tensor:
     return p.laplacian() + floor if regulariser == "gradient" else torch.ones_like(p.op.kernel)
 
 
-def _filter(p: Problem, lam: torch.Tensor, regulariser: str, floor: float = 0.0) -> torch.Tensor:
+def _filter(p: Problem, lam: torch.Tensor, regulariser: str, floor: float) -> torch.Tensor:
     d = p.op.kernel
     return d * safe_reciprocal(d * d + lam * _penalty(p, regulariser, floor))
 
@@ -101,7 +101,7 @@ def _model_factor(q: Problem, lam_noise: float, regulariser: str, floor: float) 
 
 def pilot(p: Problem) -> torch.Tensor:
     """Gradient-regularised Tikhonov chi at :data:`~qsmnet.solvers.lam.PILOT_LAMBDA` (unmasked)."""
-    return p.op.filter(p.field, _filter(p, as_lambda(PILOT_LAMBDA, p), "gradient"))
+    return p.op.filter(p.field, _filter(p, as_lambda(PILOT_LAMBDA, p), "gradient", 0.0))
 
 
 def padding(mask: torch.Tensor, pad: float) -> tuple[int, int, int]:
@@ -116,7 +116,7 @@ def padding(mask: torch.Tensor, pad: float) -> tuple[int, int, int]:
     return tuple(out)
 
 
-def _padded(p: Problem, pads: tuple[int, int, int]) -> Problem:
+def pad_problem(p: Problem, pads: tuple[int, int, int]) -> Problem:
     """``p`` on a grid grown by ``pads`` voxels at the end of each axis (field and mask zero there)."""
     widths = (0, pads[2], 0, pads[1], 0, pads[0])
     f = torch.nn.functional.pad(p.field, widths)
@@ -173,7 +173,7 @@ def tikhonov(
         raise ValueError(f"floor must be >= 0, got {floor}")
     p = prepare(field, mask, geometry)
     pads = padding(p.mask, float(pad))
-    q = _padded(p, pads) if any(pads) else p
+    q = pad_problem(p, pads) if any(pads) else p
     method = select.resolve(lam)
     rec = None
     if method == "fixed":
