@@ -40,6 +40,16 @@ PAD = 0.5
 #: dependence and lowers the best nRMSE on benchmark v2, but its best lambda is 1.5-10x below auto's
 #: (docs/regularisation.md, "Tikhonov's low frequencies").
 FLOOR = 0.0
+#: Tikhonov's ``"model"`` weight (gradient regulariser) under model error, in mm^2:
+#: lambda = PER_RHO x min(rho, RHO_CAP) x sqrt(largest voxel / smallest voxel), rho the cone power.
+#: On 21 realistic heads and brains (benchmark v2, 160^3 brains, a 0.6 mm crop, a pipeline local
+#: field; rho 0.075-0.86) it lands within 0.45-2.2x the per-case best weight and 3.6 % of its nRMSE
+#: (the former frequency-balance floor: 0.32-3.2x, up to +6.8 %); docs/regularisation.md.
+PER_RHO = 0.3
+#: Above RHO_CAP the cone power is mostly error localised at the mask edge (background removal) and
+#: echo-fit noise, which a global weight should not follow: a pipeline field of a 208^3 head had rho
+#: 0.86 and its best weight 0.066, 0.3 x rho would be 3.6x that.
+RHO_CAP = 0.4
 #: identity-regulariser lambda per gradient-regulariser lambda (|grad|^2 ~ 1/mm^2 at mid frequencies).
 _IDENTITY_PER_GRADIENT = 1.0
 
@@ -81,22 +91,26 @@ def kspace_sweep(p: Problem, regulariser: str = "gradient", grid=SWEEP, floor: f
     return rec
 
 
-def _model_factor(q: Problem, lam_noise: float, regulariser: str, floor: float) -> float:
-    """Factor on the noise balance ``lam_noise`` of one sample under the ``"model"`` rule.
+def model_weight(q: Problem, lam_noise: float, regulariser: str, floor: float) -> float:
+    """The ``"model"`` weight of one sample (``lam_noise``: its noise balance).
 
-    The model-error factor, and where the field shows model error (cone power above
-    :data:`~qsmnet.solvers.select.RHO0`) at least the frequency-balance weight of a k-space sweep:
-    on whole heads with background-removal errors the noise balance itself is unreliable (it fell
-    3-29x below the best weight on benchmark v2's axial heads; the frequency balance came within
-    1.5x there and on 4 of 5 held-out 160^3 brains; docs/regularisation.md). Without model error
-    (the white-noise benchmark) the rule is the noise balance, unchanged.
+    Without model error (cone power ``rho`` <= :data:`~qsmnet.solvers.select.RHO0`, the white-noise
+    benchmark) the noise balance times the model-error factor. With it, for the gradient
+    regulariser, :data:`PER_RHO` x min(``rho``, :data:`RHO_CAP`) x sqrt(largest / smallest voxel
+    size) (mm^2): on whole heads and brains the noise balance is unreliable (3-29x below the best
+    weight on benchmark v2's axial heads) and the best weight grows with the model error's share of
+    the field (docs/regularisation.md, "Tikhonov's weight follows the model error"). The identity
+    regulariser keeps the earlier rule there: at least the frequency-balance weight of a k-space
+    sweep.
     """
     rho = select.cone_power(q)
-    fac = select.model_error_factor(q, rho)
-    if rho > select.RHO0:
-        freq = select.choose(kspace_sweep(q, regulariser, floor=floor), "freq")
-        fac = max(fac, freq / max(lam_noise, 1e-30))
-    return fac
+    lam = lam_noise * select.model_error_factor(q, rho)
+    if rho <= select.RHO0:
+        return lam
+    if regulariser == "gradient":
+        vox = q.geometries[0].voxel_size
+        return PER_RHO * min(rho, RHO_CAP) * math.sqrt(max(vox) / min(vox))
+    return max(lam, select.choose(kspace_sweep(q, regulariser, floor=floor), "freq"))
 
 
 def pilot(p: Problem) -> torch.Tensor:
@@ -145,8 +159,8 @@ def tikhonov(
         info: filled with ``iterations`` (0), ``residual`` and the ``lambda`` used.
         lam: regularisation weight (mm^2 for the gradient regulariser), or a chooser
             (:mod:`qsmnet.solvers.select`): ``"auto"`` (default, = ``"model"``: the noise balance
-            times the model-error factor, and at least the ``"freq"`` weight where the field shows
-            model error), ``"noise"``, ``"lcurve"``, ``"freq"`` (a k-space sweep
+            times the model-error factor; where the field shows model error, a weight proportional to
+            its cone power, :func:`model_weight`), ``"noise"``, ``"lcurve"``, ``"freq"`` (a k-space sweep
             of :data:`SWEEP`, one rfftn). The former default 0.03 was the best fixed value on
             white-noise phantoms (48^3, 3.5 mm); on realistic brains the best is 0.07-0.4
             (``docs/regularisation.md``).
@@ -181,9 +195,9 @@ def tikhonov(
     elif method in ("noise", "model"):
         lam_t = auto_lambda(q, regulariser)
         if method == "model":
-            fac = [_model_factor(sub_problem(q, b), float(lam_t[b]), regulariser, floor)
-                   for b in range(len(lam_t))]
-            lam_t = lam_t * torch.tensor(fac, device=q.device).view(-1, 1, 1, 1, 1)
+            lams = [model_weight(sub_problem(q, b), float(lam_t[b]), regulariser, floor)
+                    for b in range(len(lam_t))]
+            lam_t = torch.tensor(lams, device=q.device, dtype=lam_t.dtype).view(-1, 1, 1, 1, 1)
     else:
         lams, recs = [], []
         for b in range(q.field.shape[0]):
