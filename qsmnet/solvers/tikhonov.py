@@ -91,26 +91,26 @@ def kspace_sweep(p: Problem, regulariser: str = "gradient", grid=SWEEP, floor: f
     return rec
 
 
-def model_weight(q: Problem, lam_noise: float, regulariser: str, floor: float) -> float:
-    """The ``"model"`` weight of one sample (``lam_noise``: its noise balance).
+def model_weight(q: Problem, regulariser: str) -> float:
+    """The ``"model"`` weight of one sample (batch of one).
 
     Without model error (cone power ``rho`` <= :data:`~qsmnet.solvers.select.RHO0`, the white-noise
     benchmark) the noise balance times the model-error factor. With it, for the gradient
     regulariser, :data:`PER_RHO` x min(``rho``, :data:`RHO_CAP`) x sqrt(largest / smallest voxel
-    size) (mm^2): on whole heads and brains the noise balance is unreliable (3-29x below the best
-    weight on benchmark v2's axial heads) and the best weight grows with the model error's share of
-    the field (docs/regularisation.md, "Tikhonov's weight follows the model error"). The identity
-    regulariser keeps the earlier rule there: at least the frequency-balance weight of a k-space
-    sweep.
+    size) (mm^2), and the noise balance is not computed: on whole heads and brains it is unreliable
+    (3-29x below the best weight on benchmark v2's axial heads) and the best weight grows with the
+    model error's share of the field (docs/regularisation.md, "Tikhonov's weight follows the model
+    error"). The identity regulariser keeps the earlier rule there: at least the frequency-balance
+    weight of a k-space sweep.
     """
     rho = select.cone_power(q)
-    lam = lam_noise * select.model_error_factor(q, rho)
-    if rho <= select.RHO0:
-        return lam
-    if regulariser == "gradient":
+    if rho > select.RHO0 and regulariser == "gradient":
         vox = q.geometries[0].voxel_size
         return PER_RHO * min(rho, RHO_CAP) * math.sqrt(max(vox) / min(vox))
-    return max(lam, select.choose(kspace_sweep(q, regulariser, floor=floor), "freq"))
+    lam = float(auto_lambda(q, regulariser).flatten()[0]) * select.model_error_factor(q, rho)
+    if rho <= select.RHO0:
+        return lam
+    return max(lam, select.choose(kspace_sweep(q, regulariser), "freq"))
 
 
 def pilot(p: Problem) -> torch.Tensor:
@@ -192,12 +192,11 @@ def tikhonov(
     rec = None
     if method == "fixed":
         lam_t = as_lambda(lam, q)
-    elif method in ("noise", "model"):
+    elif method == "noise":
         lam_t = auto_lambda(q, regulariser)
-        if method == "model":
-            lams = [model_weight(sub_problem(q, b), float(lam_t[b]), regulariser, floor)
-                    for b in range(len(lam_t))]
-            lam_t = torch.tensor(lams, device=q.device, dtype=lam_t.dtype).view(-1, 1, 1, 1, 1)
+    elif method == "model":
+        lams = [model_weight(sub_problem(q, b), regulariser) for b in range(q.field.shape[0])]
+        lam_t = torch.tensor(lams, device=q.device, dtype=q.field.dtype).view(-1, 1, 1, 1, 1)
     else:
         lams, recs = [], []
         for b in range(q.field.shape[0]):
