@@ -315,3 +315,28 @@ def test_shipped_networks_see_at_inference_the_estimate_they_were_trained_on():
         assert call(net.init, net.init_params) == call(train["init"], train["init_params"]), path.name
         checked += 1
     assert checked >= 3  # unet_head, unet_tv, varnet_tv
+
+
+def test_a_new_estimate_of_a_simulated_set_reuses_its_volumes(tmp_path, monkeypatch):
+    first = _dataset(tmp_path, augment=False)
+    first.prepare(progress=False)
+    import qsmnet.data.precomputed as pre
+
+    class NoSimulation:
+        def sample(self, *args):
+            raise AssertionError("simulated again")
+
+    monkeypatch.setattr(pre, "_simulation", lambda *a, **k: NoSimulation())
+    lam = {"lam": 0.05, "regulariser": "identity"}
+    second = _dataset(tmp_path, augment=False, init="tikhonov", init_params=lam)
+    assert second.folder != first.folder
+    second.prepare(progress=False)
+    for i in range(3):
+        a, b = first[i], second[i]
+        torch.testing.assert_close(b.chi, a.chi, rtol=0, atol=0)
+        torch.testing.assert_close(b.field, a.field, rtol=0, atol=0)
+        ref = SOLVERS["tikhonov"](a.field[None], a.mask[None], a.geometry, **lam)[0]
+        torch.testing.assert_close(b.init, ref)
+    # another seed is another simulation: nothing to take, so it simulates
+    with pytest.raises(AssertionError, match="simulated again"):
+        _dataset(tmp_path, augment=False, init="tikhonov", init_params=lam, seed=4).prepare(progress=False)
