@@ -94,6 +94,7 @@ def test_medi_with_magnitude(case):
     [
         (["--method", "nope"], "unknown method"),
         (["--method", "tv", "--threshold", "0.2"], "does not take"),
+        (["--method", "tkd", "--strong", "0.3"], "does not take"),
         (["--units", "hz"], "--b0"),
         (["--method", "tkd", "--magnitude", "MAG"], "magnitude"),
     ],
@@ -573,3 +574,28 @@ def test_output_into_a_closed_pipe_is_not_an_error():
     p.stdout.close()  # the reader leaves before the listing is written
     err = p.stderr.read().decode()
     assert p.wait() == 0 and "Broken pipe" not in err and "error" not in err
+
+
+def test_tikhonov_strong_sources_first_from_the_command_line(tmp_path):
+    # a 1.3 ppm ball (500 mm^3) in a sphere: --strong fits it on its support, the sidecar says so
+    n = 32
+    x = np.stack(np.meshgrid(*[np.arange(n) - n // 2] * 3, indexing="ij")).astype(float)
+    mask = ((x / (0.42 * n)) ** 2).sum(0) < 1
+    ball = (x**2).sum(0) <= 25
+    chi = (1.3 * ball + 0.05 * np.exp(-((x - 5) ** 2).sum(0) / 8.0)) * mask
+    field = (qsm_forward.generate_field(chi, mask) * mask).astype(np.float32)
+    paths = {k: tmp_path / f"{k}.nii.gz" for k in ("field", "mask")}
+    nib.save(nib.Nifti1Image(field, np.eye(4)), paths["field"])
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), paths["mask"])
+    reads = {}
+    for name, extra in (("plain", ()), ("strong", ("--strong", "0.3"))):
+        out = tmp_path / f"{name}.nii.gz"
+        args = ("--method", "tikhonov", "--lambda", "0.02", *extra)
+        assert predict(paths["field"], paths["mask"], out, *args) == 0
+        side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+        reads[name] = float(nib.load(out).get_fdata()[ball].mean())
+        if extra:
+            assert side["parameters"]["strong"] == 0.3 and side["strong_voxels"] > 0.5 * ball.sum()
+        else:
+            assert "strong_voxels" not in side
+    assert reads["strong"] > 1.15 > reads["plain"], reads  # true 1.3

@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")
     g.add_argument("--threshold", type=float, help="kernel threshold of tkd / tsvd")
     g.add_argument("--tol", type=float, help="stopping tolerance of iterative methods")
+    g.add_argument("--strong", type=float, metavar="PPM",
+                   help="tikhonov: fit regions whose first estimate exceeds PPM (e.g. 0.3; a haematoma) "
+                        "on their own support first, removing their streaks")
     add_network_arguments(parser)
     parser.add_argument(
         "--magnitude", help="magnitude image on the field's grid (medi edges, medi/ndi weights)"
@@ -178,6 +181,7 @@ def _params(args) -> dict:
         ("iterations", args.iterations),
         ("threshold", args.threshold),
         ("tol", args.tol),
+        ("strong", args.strong),
     ]
     return {**{k: v for k, v in pairs if v is not None}, **network_params(args)}
 
