@@ -19,7 +19,7 @@ closed form alone): 5 iterations give 37.7 %, the haematoma 1.10 ppm (true 1.27,
 the caudate 0.044 ppm where the closed form read 0.021 far from the bleed (true 0.058). More iterations
 or a support dilated to catch the under-read rim fit the model error and noise of the neighbouring
 tissue into the rim: within 6 mm of the haematoma the error grows by 45-135 % (dilations of 1-4 voxels,
-8 steps), and 30 steps with a 2-voxel dilation give 45.8 % over the head (docs/regularisation.md).
+5-8 steps), and 30 steps with a 2-voxel dilation give 45.8 % over the head (docs/regularisation.md).
 
 Thresholds: veins (+0.3-0.6 ppm, thin) and calcifications (-0.3 ppm) stay below 0.3 ppm in a
 Tikhonov estimate or form components smaller than ``min_volume`` (150 mm^3, a ball of 3.3 mm radius;
