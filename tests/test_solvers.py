@@ -315,5 +315,10 @@ def test_tikhonov_fits_a_strong_source_on_its_support_and_removes_its_cone_shado
     assert info["strong_voxels"] == 0
     b = SOLVERS["tikhonov"](w, m, g, lam=0.02, regulariser="identity")
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a batch of both: each sample as on its own (the empty support stays the closed form)
+    both = torch.stack([f, w])[:, None]
+    batch = SOLVERS["tikhonov"](both, m, g, lam=0.02, regulariser="identity", strong=0.3)
+    torch.testing.assert_close(batch[0, 0], torch.from_numpy(two), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch[1, 0], a, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="threshold"):
         SOLVERS["tikhonov"](f, m, g, lam=0.02, strong=0.0)
