@@ -9,7 +9,7 @@ read 0.021 against 0.058 ppm). Restricted to the source's support S, the same in
 (STAR-QSM, Wei et al. 2015; Kames et al. 2018). So:
 
 1. S: voxels where a first linear estimate exceeds ``threshold`` (ppm, in magnitude), in connected
-   connected components of at least ``min_volume`` mm^3, inside the mask;
+   components of at least ``min_volume`` mm^3, inside the mask;
 2. chi_S = argmin over chi supported on S of ||M (A chi - f)||^2 (conjugate gradient on the normal
    equations, warm-started at the first estimate, stopped early);
 3. the caller inverts the rest of the field, f - A chi_S, and keeps chi_S on S.

@@ -172,15 +172,15 @@ def tikhonov(
             At the automatic weight 0.5 lowered the nRMSE on 9 of 11 realistic heads and brains
             (benchmark v2 mean 71.1 -> 66.5 %, a 0.86x0.86x2 mm brain 105 -> 81 %) and on all 16
             small benchmark cases (44.9 -> 39.9 %; docs/regularisation.md).
-        strong: strong sources first (:mod:`qsmnet.solvers.strong`): where the closed form exceeds
-            this magnitude (ppm) in a large enough region (a haematoma), chi there is fitted to the
-            field on that support alone, and the closed form inverts the rest of the field. None
-            (default): the closed form alone. Fields without such a region give the closed form.
         floor: identity weight added to the gradient regulariser's symbol (1/mm^2; ignored by the
             identity regulariser, default :data:`FLOOR` = 0, the pure gradient): bounds the gain at
             low k near the cone, so the answer no longer depends on how many low frequencies the
             (padded) grid samples (0.1: nRMSE spread over +0..10 voxels of padding 0.2 instead of
             up to 9.5 points on a v2 head).
+        strong: strong sources first (:mod:`qsmnet.solvers.strong`): where the closed form exceeds
+            this magnitude (ppm) in a large enough region (a haematoma), chi there is fitted to the
+            field on that support alone, and the closed form inverts the rest of the field. None
+            (default): the closed form alone. Fields without such a region give the closed form.
 
     Returns:
         chi (ppm), the field's shape, zero outside the mask.
