@@ -58,7 +58,7 @@ def _make_volume(spec: dict, indices: Sequence[int], folder: str, threads: int) 
         name = path.name
         donor = next((d / name for d in donors if (d / name).exists()), None)
         if donor is not None:
-            d = torch.load(donor, map_location="cpu", weights_only=True)
+            d = torch.load(donor, map_location="cpu", weights_only=True, mmap=True)  # skips its estimate
             vol = {k: d[k] for k in ("chi", "field", "mask", "voxel_size", "b0_dir", "noise_std")}
         else:
             s = sims[i % len(sims)].sample(i // len(sims), 0)

@@ -212,22 +212,23 @@ def tikhonov(
         rec = recs[0] if len(recs) == 1 else None
     filt = _filter(q, lam_t, regulariser, floor)
     chi = q.op.filter(q.field, filt)
-    extra = {}
+    extra, iterations = {}, 0
     if strong is not None:
-        chi, extra = _strong_first(q, chi, filt, float(strong))
+        chi, voxels, iterations = _strong_first(q, chi, filt, float(strong))
+        extra["strong_voxels"] = voxels
     chi = chi[..., : p.field.shape[-3], : p.field.shape[-2], : p.field.shape[-1]]
     select.report(info, lambda_summary(lam_t), method, rec)
-    return finish(p, chi, info, extra.pop("iterations", 0), padding=list(pads), **extra)
+    return finish(p, chi, info, iterations, padding=list(pads), **extra)
 
 
 def _strong_first(q: Problem, chi: torch.Tensor, filt: torch.Tensor,
-                  threshold: float) -> tuple[torch.Tensor, dict]:
-    """``chi`` with the strong sources fitted on their support and the rest of the field re-inverted
-    by the same filter (:mod:`qsmnet.solvers.strong`); info extras: support size, CG iterations."""
+                  threshold: float) -> tuple[torch.Tensor, int, int]:
+    """(chi, support voxels, CG iterations): ``chi`` with the strong sources fitted on their support
+    and the rest of the field re-inverted by the same filter (:mod:`qsmnet.solvers.strong`)."""
     support = strong_support(chi * q.mask, q.mask, [math.prod(g.voxel_size) for g in q.geometries], threshold)
     voxels = int(support.sum())
     if voxels == 0:
-        return chi, {"strong_voxels": 0}
+        return chi, 0, 0
     xs, it = fit_on_support(q.op, q.field, q.mask, support, x0=chi)
     rest = q.op.filter(q.field - q.mask * q.op.A(xs), filt)
-    return xs + (1 - support) * rest, {"strong_voxels": voxels, "iterations": it}
+    return xs + (1 - support) * rest, voxels, it
