@@ -119,6 +119,30 @@ def test_source_patches_are_cut_alike_from_every_array(tmp_path):
         _dataset(tmp_path, source_patches=1.5)
 
 
+def test_scale_augmentation_scales_chi_field_and_estimate_alike(tmp_path):
+    whole = _dataset(tmp_path, augment=False)
+    whole.prepare(progress=False)
+    scaled = _dataset(tmp_path, augment=False, scale_range=(0.5, 2.0))
+    assert scaled.folder == whole.folder  # the cache does not depend on the augmentation
+    torch.manual_seed(2)
+    factors = []
+    for k in range(3):
+        for _ in range(4):
+            p, w = scaled[k], whole[k]
+            m = w.chi.abs() > 1e-3
+            s = float((p.chi[m] / w.chi[m]).mean())
+            for a, b in ((p.chi, w.chi), (p.field, w.field), (p.init, w.init)):
+                torch.testing.assert_close(a, b * s, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(p.mask, w.mask)
+            assert p.meta["noise_std"] == pytest.approx(w.meta["noise_std"] * s)
+            factors.append(s)
+    assert 0.5 <= min(factors) < 0.9 and 1.1 < max(factors) <= 2.0
+    with pytest.raises(ValueError, match="scale_range"):
+        _dataset(tmp_path, scale_range=(0.0, 2.0))
+    with pytest.raises(ValueError, match="scale_range"):
+        _dataset(tmp_path, scale_range=(2.0, 1.0))
+
+
 def test_datamodule_prepares_the_cache(tmp_path):
     spec = {"cache_dir": str(tmp_path / "cache"), "simulation": SIM, "init": "tkd", "volumes": 2,
             "patch_size": 8, "patches_per_volume": 2, "workers": 1}

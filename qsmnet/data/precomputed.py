@@ -140,6 +140,13 @@ class PrecomputedDataset(Dataset):
             ``|chi|``, by MONAI's ``weighted_patch_samples``): haemorrhages, veins and iron-rich
             nuclei are a small part of a head but carry most of its error. Default 0 (uniform).
         source_threshold: |chi| (ppm) of a strong source (default 0.2).
+        scale_range: (lo, hi): multiply chi, field and the estimate (and the guide) of each item
+            by a factor drawn log-uniformly in [lo, hi] (default None: no scaling). The dipole
+            model and the linear solvers are equivariant under it, so a network learns the
+            same map at every contrast (real 3 T fields have ~1.5x the std of the simulated
+            heads, docs/realism.md). A nonlinear estimate (``tikhonov`` with ``strong``, whose
+            support is a threshold in ppm; TV with lambda chosen per subject) is scaled as
+            cached, not re-solved: close to, not exactly, its answer on the scaled field.
         workers: processes used by :meth:`prepare` (default: all CPU cores).
         base: weights (shipped name or path) of a cascade's first stage: the estimate becomes that
             network's answer on the whole volume (computed from the cached solver estimate, once,
@@ -171,6 +178,7 @@ class PrecomputedDataset(Dataset):
         min_mask_fraction: float = 0.2,
         source_patches: float = 0.0,
         source_threshold: float = 0.2,
+        scale_range: Sequence[float] | None = None,
         workers: int | None = None,
         guide_lambda: float | None = None,
         base: str | None = None,
@@ -204,6 +212,12 @@ class PrecomputedDataset(Dataset):
             raise ValueError(f"source_patches must be in [0, 1], got {source_patches}")
         self.source_patches = float(source_patches)
         self.source_threshold = float(source_threshold)
+        self.scale_range = None
+        if scale_range is not None:
+            lo, hi = (float(v) for v in scale_range)
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {list(scale_range)}")
+            self.scale_range = (lo, hi)
         self.workers = int(workers or os.cpu_count() or 1)
         self.base = None if base is None else str(base)
         self.base_flips = int(base_flips)
@@ -328,8 +342,15 @@ class PrecomputedDataset(Dataset):
             arrays = [None if a is None else t.apply(a) for a in arrays]
             geom = t.geometry(geom)
         chi, field, mask, init = (None if a is None else a.contiguous().clone() for a in arrays)
+        noise_std = d["noise_std"]
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            s = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            chi, field = chi * s, field * s
+            init = None if init is None else init * s
+            noise_std = noise_std * s
         return QSMSample(field=field, mask=mask, geometry=(geom,), chi=chi, init=init,
-                         meta={"volume": i, "noise_std": d["noise_std"]})
+                         meta={"volume": i, "noise_std": noise_std})
 
 
     def _guide(self, i: int, field, mask, est, geom: Geometry) -> torch.Tensor:
