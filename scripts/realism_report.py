@@ -4,7 +4,11 @@ For each tier: ``||f - D chi|| / ||f||`` inside the (BFR-eroded) brain mask, bot
 share of the residual's and the field's energy in spatial-frequency bands (cycles/mm), next to
 the figures measured on a real 3 T in vivo field (issue 15). Usage:
 
-    OMP_NUM_THREADS=2 python scripts/realism_report.py [--voxel 2] [--seed 0] [--snr 100]
+    OMP_NUM_THREADS=2 python scripts/realism_report.py [--voxel 2] [--seed 0] [--snr 100] \\
+        [--profile real-field]
+
+``--profile real-field`` simulates the head with :data:`qsmnet.sim.head.REAL_FIELD_PROFILE` (and,
+unless ``--snr`` is given, :data:`qsmnet.sim.head.REAL_FIELD_SNR`).
 
 The realistic tier's background-field removal is a parameter (``bfr(total_ppm, mask, voxel_size)
 -> (local, mask)``); the default is :func:`qsmnet.phase.vsharp`, the pipeline's own.
@@ -21,7 +25,7 @@ import torch
 from qsmnet.phase import vsharp as _vsharp
 from qsmnet.physics import forward_field
 from qsmnet.sim.acquire import DEFAULT_SNR, acquire, head_fields
-from qsmnet.sim.head import head_phantom
+from qsmnet.sim.head import REAL_FIELD_PROFILE, REAL_FIELD_SNR, head_phantom
 
 BANDS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, math.inf))
 REAL = {"unexplained": "56-68 %", "residual_bands": (22, 13, 15, 12, 26), "field_bands": (33, 17, 16, 11, 18)}
@@ -52,14 +56,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voxel", type=float, default=2.0, help="mm (1 is the real size grid; 2 is 8x cheaper)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--snr", type=float, default=DEFAULT_SNR)
+    ap.add_argument("--snr", type=float, default=None, help=f"default {DEFAULT_SNR:g} ({REAL_FIELD_SNR:g} "
+                    "with --profile real-field)")
+    ap.add_argument("--profile", choices=("generator", "real-field"), default="generator",
+                    help="head phantom settings: the generator's defaults or REAL_FIELD_PROFILE")
     a = ap.parse_args(argv)
+    profile = REAL_FIELD_PROFILE if a.profile == "real-field" else {}
+    if a.snr is None:
+        a.snr = REAL_FIELD_SNR if profile else DEFAULT_SNR
     torch.set_num_threads(2)
     vs = (a.voxel,) * 3
     shape = tuple(int(round(n / a.voxel)) for n in (192, 224, 192))
     b0 = (0.0, 0.0, 1.0)
     rng = np.random.default_rng(a.seed)
-    ph = head_phantom(shape, vs, rng)
+    ph = head_phantom(shape, vs, rng, **profile)
     rows = {}
     _, iso = head_fields(ph, vs, b0, anisotropy=False, micro=False)
     rows["head, scalar chi, no noise"] = unexplained(iso, ph.brain_chi, ph.mask, vs, b0)

@@ -102,6 +102,24 @@ def test_head_tissues_and_local_field_is_dipolar_up_to_the_modelled_part(head):
     assert 0.005 < resid < 0.5  # the modelled non-dipolar part is there, and not dominant
 
 
+def test_tissue_scale_and_offset_textures(head):
+    # the real-field profile's knobs (docs/realism.md): same seed, same head, only what they change
+    prof = head_phantom((47, 57, 47), (4.0, 4.0, 4.0), 3, haemorrhages=1, tissue_scale=2.0,
+                        offset_textures=[((6.0,), 0.004), ((12.0,), 0.002)])
+    lab = head.labels
+    assert torch.equal(prof.labels, lab) and torch.equal(prof.mask, head.mask)
+    tissue = (lab == HEAD_LABELS["white_matter"]) | (lab == HEAD_LABELS["grey_matter"])
+    torch.testing.assert_close(prof.chi[tissue], 2.0 * head.chi[tissue])
+    fixed = (lab == HEAD_LABELS["haemorrhage"]) | (lab == HEAD_LABELS["bone"]) | (lab == 0)
+    for k in ("caudate", "globus_pallidus", "putamen", "vein"):
+        fixed |= lab == HEAD_LABELS[k]
+    assert int(fixed.sum()) > 0 and torch.equal(prof.chi[fixed], head.chi[fixed])
+    assert prof.info["tissue_scale"] == 2.0 and head.info["tissue_scale"] == 1.0
+    # the offset: the sum of the textures (std 0.004 and 0.002, independent) in the tissue only
+    std = float(prof.offset[tissue].std())
+    assert 0.0035 < std < 0.0055 and float(prof.offset[~tissue].abs().max()) == 0.0
+
+
 def test_background_field_near_sinuses_at_3t():
     ph = head_phantom((64, 75, 64), (3.0, 3.0, 3.0), 5)
     total, _ = head_fields(ph, (3.0, 3.0, 3.0), (0, 0, 1))

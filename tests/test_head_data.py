@@ -35,6 +35,17 @@ def test_volume_is_deterministic_and_seeded(sim):
         sim.sample(0, epoch=1)
 
 
+def test_head_params_reach_the_phantom(sim):
+    # REAL_FIELD_PROFILE's kind of settings: same head and B0, stronger grey/white contrast
+    strong = HeadSimulation(**COARSE, seed=5, head_params={"tissue_scale": 2.0})
+    a, b = sim.sample(0), strong.sample(0)
+    assert a.geometry == b.geometry and torch.equal(a.mask, b.mask)
+    lab = sim.head(0)[0].labels
+    assert strong.head(0)[0].info["tissue_scale"] == 2.0
+    assert float(b.chi.abs().sum()) > 1.3 * float(a.chi.abs().sum())
+    torch.testing.assert_close(strong.head(0)[0].chi[lab == 0], sim.head(0)[0].chi[lab == 0])
+
+
 def test_background_is_removed_and_target_is_the_brain_chi(sim):
     s = sim.sample(0)
     g = s.geometry[0]

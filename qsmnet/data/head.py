@@ -54,6 +54,9 @@ class HeadSimulation:
             to the grid (``head_fields(bandlimit=)``, docs/realism.md; benchmark v2 uses 0.7); None
             keeps them sharp, which leaves a ringing, non-harmonic background at oblique B0.
         brain_reuse: consecutive volumes drawn from one head.
+        head_params: extra :func:`~qsmnet.sim.head.head_phantom` settings, e.g.
+            :data:`~qsmnet.sim.head.REAL_FIELD_PROFILE` (``tissue_scale``, ``offset_textures``);
+            default None: the generator's own (the shipped ``unet_head`` was trained on those).
         margin: voxels kept around the eroded mask's bounding box.
         seed: base seed (not :data:`qsmnet.sim.benchmark_v2.BENCHMARK_V2_SEED`).
         length: ignored (the dataset that holds this simulation sets how many volumes there are).
@@ -72,6 +75,7 @@ class HeadSimulation:
         micro: bool = True,
         oblique_bandlimit: float | None = None,
         brain_reuse: int = 1,
+        head_params: dict | None = None,
         margin: int = 6,
         seed: int = 0,
         length: int | None = None,
@@ -97,6 +101,7 @@ class HeadSimulation:
         self.micro = bool(micro)
         self.oblique_bandlimit = None if oblique_bandlimit is None else float(oblique_bandlimit)
         self.brain_reuse = max(1, int(brain_reuse))
+        self.head_params = dict(head_params or {})
         self.margin = int(margin)
         self.seed = int(seed)
         self._cache: tuple | None = None
@@ -110,7 +115,7 @@ class HeadSimulation:
         rng = np.random.default_rng([self.seed, int(group), TAG])
         vs = random_voxel_size(rng, *self.voxel_size_range)
         n = int(rng.integers(1, 3)) if rng.uniform() < self.haemorrhage_prob else 0
-        ph = head_phantom(self.shape, vs, rng, haemorrhages=n)
+        ph = head_phantom(self.shape, vs, rng, haemorrhages=n, **self.head_params)
         self._cache = (group, (ph, vs))
         return ph, vs
 

@@ -87,13 +87,14 @@ def _labels_down(labels: torch.Tensor, f) -> torch.Tensor:
     ]
 
 
-def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng) -> tuple[dict, Geometry, dict]:
+def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng,
+               snr: float = SNR) -> tuple[dict, Geometry, dict]:
     f = FACTORS.get(voxel, (1, 1, 1))
     b0 = _b0(TILTS[orientation])
     oblique = TILTS[orientation] != 0.0  # band-limit the air edge's source (docs/realism.md)
     bandlimit = OBLIQUE_BANDLIMIT if oblique else None
     total, local = head_fields(ph, vs_fine, b0, bandlimit=bandlimit, dtype=torch.float64)
-    acq = acquire(total.float(), ph.m0, ph.r2star, vs_fine, rng, snr=SNR, factors=f)
+    acq = acquire(total.float(), ph.m0, ph.r2star, vs_fine, rng, snr=snr, factors=f)
     vs = tuple(v * k for v, k in zip(vs_fine, f, strict=True))
     brain = (block_mean(ph.mask, f) >= 0.5).float()
     chi = block_mean(ph.brain_chi, f) * brain
@@ -116,7 +117,7 @@ def _head_case(ph, vs_fine, phantom_seed, orientation, voxel, bfr: Bfr, rng) -> 
     noise = acq.noise_ppm[box][m]
     extra = {
         "noise_std_ppm": float(noise.std()),
-        "snr": SNR,
+        "snr": snr,
         "te_s": list(DEFAULT_TE),
         "unexplained": unexplained_fraction(arrays["field"], arrays["chi"], arrays["mask"], geom),
         "phantom_seed": phantom_seed,
@@ -135,6 +136,8 @@ def make_benchmark_v2(
     head_mm: float = 1.0,
     hires_mm: float = 0.6,
     tiers=("clean", "realistic", "pathology", "hires"),
+    profile: dict | None = None,
+    snr: float = SNR,
 ) -> Path:
     """Write benchmark v2 to ``out_dir`` (see the module docstring); returns ``cases.json``.
 
@@ -146,6 +149,10 @@ def make_benchmark_v2(
         head_shape, hires_shape, head_mm, hires_mm: grids and their voxel sizes (tests use small,
             coarse ones; the set is defined by the defaults).
         tiers: which tiers to write (the set is defined by all four).
+        profile: :func:`~qsmnet.sim.head.head_phantom` settings of the heads (e.g.
+            :data:`~qsmnet.sim.head.REAL_FIELD_PROFILE`, with ``snr``
+            :data:`~qsmnet.sim.head.REAL_FIELD_SNR`); None: the generator's defaults.
+        snr: SNR of the heads' acquisitions.
     """
     from qsmnet.errors import QSMNetError
 
@@ -154,7 +161,10 @@ def make_benchmark_v2(
     if mpath.exists() and not force:
         raise QSMNetError(f"{mpath} already exists (use --force to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": 2, "seed": BENCHMARK_V2_SEED, "snr": SNR, "cases": {}}
+    profile = dict(profile or {})
+    manifest = {"version": 2, "seed": BENCHMARK_V2_SEED, "snr": snr, "cases": {}}
+    if profile:
+        manifest["profile"] = json.loads(json.dumps(profile))
     say = progress or (lambda m: None)
     if "clean" in tiers:
         v1 = json.loads(make_benchmark(out / "clean", force=force).read_text())
@@ -176,6 +186,7 @@ def make_benchmark_v2(
                         vs1,
                         np.random.default_rng([BENCHMARK_V2_SEED, idx]),
                         haemorrhages=2 if tier == "pathology" else 0,
+                        **profile,
                     ),
                     idx,
                 )
@@ -184,13 +195,15 @@ def make_benchmark_v2(
                 [BENCHMARK_V2_SEED, idx, list(TILTS).index(orientation), list(FACTORS).index(voxel)]
             )
             name = f"{pname}_{orientation}_{voxel}"
-            arrays, geom, extra = _head_case(ph, vs1, [BENCHMARK_V2_SEED, idx], orientation, voxel, bfr, rng)
+            arrays, geom, extra = _head_case(ph, vs1, [BENCHMARK_V2_SEED, idx], orientation, voxel, bfr, rng,
+                                             snr)
             _record(manifest, out, name, tier, arrays, geom, extra, force)
             say(f"wrote {name} (unexplained {100 * extra['unexplained']:.1f} %)")
     if "hires" in tiers:
         vsh = (float(hires_mm),) * 3
         ph = head_phantom(
-            hires_shape, vsh, np.random.default_rng([BENCHMARK_V2_SEED, 20]), centre_mni=(0.0, -10.0, 5.0)
+            hires_shape, vsh, np.random.default_rng([BENCHMARK_V2_SEED, 20]), centre_mni=(0.0, -10.0, 5.0),
+            **profile,
         )
         arrays, geom, extra = _head_case(
             ph,
@@ -200,6 +213,7 @@ def make_benchmark_v2(
             "0.6mm",
             bfr,
             np.random.default_rng([BENCHMARK_V2_SEED, 20, 1]),
+            snr,
         )
         _record(manifest, out, "crop1_axial_0.6mm", "hires", arrays, geom, extra, force)
         say(f"wrote crop1_axial_0.6mm (unexplained {100 * extra['unexplained']:.1f} %)")

@@ -57,6 +57,15 @@ HEAD_CHI_RANGES = {
     "micro": (-0.006, -0.002),
     "offset_texture": (0.002, 0.004),
 }
+#: Head-phantom settings whose realistic tier matches the real 3 T field's figures (issue 15):
+#: grey/white matter contrast x1.7 (field std 0.007 -> ~0.011 ppm, more of it below 0.05
+#: cycles/mm) and the texture offset split into a fine (0.6-1 mm) and a mid-scale (3-5 mm) part
+#: (the 0.8-2.5 mm texture put too much of the residual in 0.05-0.2 cycles/mm); acquire it at
+#: :data:`REAL_FIELD_SNR`. Fitted with scripts/realism_components.py, docs/realism.md.
+REAL_FIELD_PROFILE = {"tissue_scale": 1.7, "offset_textures": (((0.6, 1.0), 0.0044), ((3.0, 5.0), 0.0034))}
+#: SNR of the acquisition that goes with :data:`REAL_FIELD_PROFILE` (the noise keeps its share
+#: of the residual above 0.3 cycles/mm next to the stronger field).
+REAL_FIELD_SNR = 21.0
 #: Air cavities: MNI centre (mm, x mirrored when the entry says so) and semi-axes (mm).
 CAVITIES = {
     "frontal": ((0.0, 73.0, 2.0), (13.0, 5.0, 9.0), False),
@@ -172,6 +181,8 @@ def head_phantom(
     delta_chi: float | None = None,
     micro_ppm: float | None = None,
     centre_mni: Sequence[float] | None = None,
+    tissue_scale: float = 1.0,
+    offset_textures: Sequence[tuple[Sequence[float], float]] | None = None,
     **brain_kwargs,
 ) -> HeadPhantom:
     """A random whole head at real size (see the module docstring).
@@ -185,6 +196,12 @@ def head_phantom(
         micro_ppm: hollow-cylinder offset amplitude (ppm; default drawn in -0.006..-0.002).
         centre_mni: MNI point at the grid centre (default: the brain's centre, 12 mm lower so the
             skull base and sinuses are in).
+        tissue_scale: factor on the brain's grey/white matter chi and its texture (everything
+            but the nuclei, veins, calcifications and microbleeds; haemorrhages come after). 1
+            keeps :func:`brain_phantom`'s values; :data:`REAL_FIELD_PROFILE` raises it.
+        offset_textures: the non-convolutional texture offset as ``[(scales_mm, std_ppm), ...]``,
+            one equal-weight texture per entry (default None: one 0.8-2.5 mm texture of std drawn
+            in ``HEAD_CHI_RANGES["offset_texture"]``).
         **brain_kwargs: passed to :func:`brain_phantom` (e.g. ``deform_mm``, ``max_rot_deg``).
     """
     from scipy import ndimage
@@ -216,6 +233,12 @@ def head_phantom(
 
     labels = br.labels.clone()
     chi = br.chi.clone()
+    if float(tissue_scale) != 1.0:
+        lesion = [BRAIN_LABELS[k] for k in ("vein", "calcification", "microbleed")]
+        keep = (labels >= 1) & (labels <= 7)  # the deep grey nuclei
+        for v in lesion:
+            keep |= labels == v
+        chi = torch.where(keep, chi, chi * float(tissue_scale))
     region = lambda sel: torch.from_numpy(np.ascontiguousarray(sel))  # noqa: E731
     csf = head & ~brain & (d_brain <= 2.5)
     bone = head & ~brain & (d_brain > 2.5) & (d_brain <= 9.0) & (d_out > 4.0)
@@ -256,8 +279,13 @@ def head_phantom(
     aniso = vals["delta_chi"] * wm
     m0, r2s = _signal_maps(labels, chi)
     tissue_frac = (labels == HEAD_LABELS["white_matter"]) | (labels == HEAD_LABELS["grey_matter"])
-    tex = smooth_random_field(shape, vs, rng, scales_mm=(0.8, 1.5, 2.5))
-    offset = vals["offset_texture"] * tex * tissue_frac.float()
+    if offset_textures is None:
+        tex = vals["offset_texture"] * smooth_random_field(shape, vs, rng, scales_mm=(0.8, 1.5, 2.5))
+    else:
+        tex = sum(float(std) * smooth_random_field(shape, vs, rng, tuple(sc), (1.0,) * len(sc))
+                  for sc, std in offset_textures)
+        vals["offset_texture"] = [[list(sc), float(std)] for sc, std in offset_textures]
+    offset = tex * tissue_frac.float()
     brain_t = torch.from_numpy(brain.astype(np.float32))
     info = {
         **br.info,
@@ -265,6 +293,7 @@ def head_phantom(
         "head_values_ppm": vals,
         "haemorrhages": n_h,
         "centre_mni": list(centre_mni),
+        "tissue_scale": float(tissue_scale),
     }
     return HeadPhantom(
         chi=chi.contiguous(),
