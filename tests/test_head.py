@@ -210,7 +210,29 @@ def test_cli_simulate_head(tmp_path):
     assert imgs["phase"].geometry.tilt_deg == pytest.approx(20.0, abs=1e-3)
     p = json.loads((out / "params.json").read_text())
     assert p["EchoTime"] == [0.005, 0.01, 0.015] and p["MagneticFieldStrength"] == 3.0
-    assert p["Pathology"] is True
+    assert p["Pathology"] is True and p["Profile"] == "generator"
+    # the real-field profile: same head and noise draw, stronger grey/white contrast, SNR 21
+    real = tmp_path / "r"
+    args = ["simulate", "--phantom", "head", "--shape", "31", "37", "21", "--voxel-size", "4", "4", "8",
+            "--sim-voxel", "4", "--seed", "1"]
+    assert main([*args, "-o", str(tmp_path / "g")]) == 0
+    assert main([*args, "--profile", "real-field", "-o", str(real)]) == 0
+    q = json.loads((real / "params.json").read_text())
+    assert q["Profile"] == "real-field" and q["SNR"] == 21.0
+    wm = load_nifti(real / "brainmask.nii.gz").data > 0
+    g_chi, r_chi = (load_nifti(d / "truth_chi.nii.gz").data[wm] for d in (tmp_path / "g", real))
+    # grey/white matter dominate the median (bone enters the brain mask's edge voxels at 4 x 4 x 8 mm)
+    assert float(np.median(np.abs(r_chi))) > 1.5 * float(np.median(np.abs(g_chi)))
+
+
+def test_cli_simulate_profile_is_for_heads(tmp_path, capsys):
+    from qsmnet.cli.main import main
+
+    rc = main(["simulate", "--phantom", "brain", "--shape", "16", "--profile", "real-field",
+               "-o", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--profile real-field is for --phantom head" in err
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
 def test_benchmark_v2_small(tmp_path):

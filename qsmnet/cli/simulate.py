@@ -65,6 +65,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--pathology", action="store_true", help="head: add a haemorrhage")
     parser.add_argument(
+        "--profile",
+        choices=("generator", "real-field"),
+        default="generator",
+        help="head: tissue settings; real-field matches a real 3 T field's spectrum and amplitude "
+        "(grey/white contrast x1.7, two texture offsets, SNR 21 unless --snr; docs/realism.md)",
+    )
+    parser.add_argument(
         "--sim-voxel",
         type=float,
         default=1.0,
@@ -154,6 +161,8 @@ def run(args) -> int:
         raise QSMNetError(f"--snr must be a positive number, got {args.snr}")
     if not (math.isfinite(args.noise_std) and args.noise_std >= 0):
         raise QSMNetError(f"--noise-std must be >= 0 ppm, got {args.noise_std}")
+    if args.profile != "generator" and args.phantom != "head":
+        raise QSMNetError(f"--profile {args.profile} is for --phantom head, not {args.phantom}")
     try:
         geom = Geometry(shape, vs, args.b0_dir)
     except ValueError as e:
@@ -226,7 +235,7 @@ def _run_head(args, out, geom) -> int:
         oblique_bandlimit,
     )
     from qsmnet.sim.benchmark import write_case
-    from qsmnet.sim.head import head_phantom
+    from qsmnet.sim.head import REAL_FIELD_PROFILE, REAL_FIELD_SNR, head_phantom
 
     te = tuple(args.te) if args.te else DEFAULT_TE
     if not all(math.isfinite(t) and 0 < t < 1 for t in te):
@@ -241,10 +250,12 @@ def _run_head(args, out, geom) -> int:
     fine_vs = tuple(v / f for v, f in zip(geom.voxel_size, factors, strict=True))
     fine_shape = tuple(n * f for n, f in zip(geom.shape, factors, strict=True))
     rng = np.random.default_rng(args.seed)
-    ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0)
+    real = args.profile == "real-field"
+    ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0,
+                      **(REAL_FIELD_PROFILE if real else {}))
     # smooth the air edge's source at oblique B0 (docs/realism.md)
     total, local = head_fields(ph, fine_vs, geom.b0_dir, bandlimit=oblique_bandlimit(geom.b0_dir))
-    snr = DEFAULT_SNR if args.snr is None else float(args.snr)
+    snr = (REAL_FIELD_SNR if real else DEFAULT_SNR) if args.snr is None else float(args.snr)
     acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
     mask = (block_mean(ph.mask, factors) >= 0.5).float()
     m = mask > 0
@@ -270,6 +281,7 @@ def _run_head(args, out, geom) -> int:
         "B0Dir_voxel": list(geom.b0_dir),
         "TiltDeg": round(geom.tilt_deg, 6),
         "Pathology": bool(args.pathology),
+        "Profile": args.profile,
         "Values_ppm": ph.info["head_values_ppm"],
         "ChiReference": "water (CSF) = 0; air +9.4",
         "PhaseUnits": "rad (wrapped)",
