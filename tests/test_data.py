@@ -29,6 +29,24 @@ def _equal(a, b):
     return torch.equal(a.field, b.field) and torch.equal(a.chi, b.chi) and a.geometry == b.geometry
 
 
+def test_simulated_dataset_contrast_augmentation():
+    # the same samples (the factor is drawn after everything else), chi, field and noise x s
+    plain = list(SimulatedQSMDataset(**TINY, seed=1))
+    scaled = list(SimulatedQSMDataset(**TINY, seed=1, scale_range=(0.5, 2.0)))
+    factors = []
+    for p, q in zip(plain, scaled, strict=True):
+        m = p.chi.abs() > 1e-3
+        s = float((q.chi[m] / p.chi[m]).mean())
+        torch.testing.assert_close(q.chi, p.chi * s, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(q.field, p.field * s, rtol=1e-5, atol=1e-7)
+        assert torch.equal(q.mask, p.mask) and q.geometry == p.geometry
+        assert q.meta["noise_std"] == pytest.approx(p.meta["noise_std"] * s)
+        factors.append(s)
+    assert all(0.5 <= f <= 2.0 for f in factors) and max(factors) - min(factors) > 0.05
+    with pytest.raises(ValueError, match="scale_range"):
+        SimulatedQSMDataset(**TINY, scale_range=(1.5, 1.0))
+
+
 def test_simulated_dataset_shapes_types_and_determinism():
     a = list(SimulatedQSMDataset(**TINY, seed=1))
     b = list(SimulatedQSMDataset(**TINY, seed=1))

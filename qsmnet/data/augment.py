@@ -101,3 +101,21 @@ def flip_average(fn, field: torch.Tensor, mask: torch.Tensor, geometry: Geometry
                          None if extra is None else t.apply(extra)))
         total = out if total is None else total.add_(out)
     return total / flips
+
+
+def check_scale_range(scale_range: Sequence[float] | None) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a contrast augmentation as floats (None stays None); 0 < lo <= hi."""
+    if scale_range is None:
+        return None
+    lo, hi = (float(v) for v in scale_range)
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {list(scale_range)}")
+    return lo, hi
+
+
+def contrast_factor(rng: np.random.Generator, scale_range: tuple[float, float]) -> float:
+    """A contrast factor drawn log-uniformly in ``scale_range``. The dipole model is linear, so
+    (chi, field) -> (s chi, s field) is another valid sample: a network trained on such pairs
+    learns the same map at every susceptibility contrast."""
+    lo, hi = scale_range
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))

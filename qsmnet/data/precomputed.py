@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from qsmnet.physics import Geometry
 
-from .augment import random_transform
+from .augment import check_scale_range, contrast_factor, random_transform
 from .sample import QSMSample
 from .simulated import SimulatedQSMDataset, _triple, random_crop
 
@@ -212,12 +212,7 @@ class PrecomputedDataset(Dataset):
             raise ValueError(f"source_patches must be in [0, 1], got {source_patches}")
         self.source_patches = float(source_patches)
         self.source_threshold = float(source_threshold)
-        self.scale_range = None
-        if scale_range is not None:
-            lo, hi = (float(v) for v in scale_range)
-            if not 0.0 < lo <= hi:
-                raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {list(scale_range)}")
-            self.scale_range = (lo, hi)
+        self.scale_range = check_scale_range(scale_range)
         self.workers = int(workers or os.cpu_count() or 1)
         self.base = None if base is None else str(base)
         self.base_flips = int(base_flips)
@@ -344,8 +339,7 @@ class PrecomputedDataset(Dataset):
         chi, field, mask, init = (None if a is None else a.contiguous().clone() for a in arrays)
         noise_std = d["noise_std"]
         if self.scale_range is not None:
-            lo, hi = self.scale_range
-            s = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            s = contrast_factor(rng, self.scale_range)
             chi, field = chi * s, field * s
             init = None if init is None else init * s
             noise_std = noise_std * s

@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from qsmnet.physics import Geometry
 from qsmnet.sim import random_b0_dir, random_voxel_size, shapes_phantom, simulate
 
-from .augment import random_transform
+from .augment import check_scale_range, contrast_factor, random_transform
 from .sample import QSMSample
 
 PHANTOMS = ("shapes", "brain", "mixed")
@@ -60,6 +60,9 @@ class SimulatedQSMDataset(IterableDataset):
         min_mask_fraction: a patch is redrawn (up to 10 times) while less of it is in the mask.
         pad: padding of the forward dipole convolution (see :func:`qsmnet.physics.forward_field`).
         resample_each_epoch: draw new samples each epoch (training) or repeat (validation).
+        scale_range: (lo, hi): multiply each sample's chi and field by a factor drawn
+            log-uniformly in [lo, hi] (contrast augmentation, as
+            :class:`~qsmnet.data.PrecomputedDataset`'s); default None.
 
     Yields:
         :class:`QSMSample` with (1, X, Y, Z) float32 field (ppm), mask, chi (ppm) and a 1-tuple
@@ -86,6 +89,7 @@ class SimulatedQSMDataset(IterableDataset):
         min_mask_fraction: float = 0.2,
         pad=True,
         resample_each_epoch: bool = True,
+        scale_range: Sequence[float] | None = None,
     ):
         super().__init__()
         if phantom not in PHANTOMS:
@@ -110,6 +114,7 @@ class SimulatedQSMDataset(IterableDataset):
         self.min_mask_fraction = float(min_mask_fraction)
         self.pad = pad
         self.resample_each_epoch = bool(resample_each_epoch)
+        self.scale_range = check_scale_range(scale_range)
         self._epoch = 0
         self._cache: tuple | None = None
 
@@ -175,12 +180,16 @@ class SimulatedQSMDataset(IterableDataset):
             t = random_transform(rng, flip=True, permute=True, axes=axes)
             chi, field, mask = t.apply(chi), t.apply(field), t.apply(mask)
             geom = t.geometry(geom)
+        noise_std = sim.noise_std
+        if self.scale_range is not None:
+            s = contrast_factor(rng, self.scale_range)
+            chi, field, noise_std = chi * s, field * s, noise_std * s
         return QSMSample(
             field=field[None].contiguous(),
             mask=mask[None].contiguous(),
             geometry=(geom,),
             chi=chi[None].contiguous(),
-            meta={"phantom": kind, "noise_std": sim.noise_std, "index": i},
+            meta={"phantom": kind, "noise_std": noise_std, "index": i},
         )
 
     def _crop(self, mask: torch.Tensor, rng: np.random.Generator) -> tuple[slice, slice, slice]:
