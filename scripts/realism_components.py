@@ -27,7 +27,7 @@ import argparse
 
 import numpy as np
 import torch
-from realism_report import BANDS, REAL
+from realism_report import BANDS, REAL, k_magnitude
 from scipy.optimize import minimize
 
 from qsmnet.phase import vsharp
@@ -64,14 +64,15 @@ def components(seed: int, voxel: float = 1.0):
              "rest": fwd(ph.brain_chi * (1 - vein - nuc))}
     tot_iso, _ = head_fields(ph, vs, b0, anisotropy=False, micro=False)
     tot_an, _ = head_fields(ph, vs, b0, anisotropy=True, micro=False)
-    total, _ = head_fields(ph, vs, b0)
+    hollow = microstructure_offset(ph.wm, ph.fibre, b0, ph.micro_ppm)
+    total = tot_an + hollow + ph.offset  # head_fields(ph, vs, b0): the offsets are added, not convolved
     noise = acquire(total, ph.m0, ph.r2star, vs, rng, snr=DEFAULT_SNR).noise_ppm
     tissue = ((lab == HEAD_LABELS["white_matter"]) | (lab == HEAD_LABELS["grey_matter"])).float()
     tex_rng = np.random.default_rng(seed + 1000)
     parts = {**truth,
-             "background": tot_iso - fwd(ph.brain_chi),
+             "background": tot_iso - sum(truth.values()),  # the brain's field is the sum of its parts'
              "anisotropy": tot_an - tot_iso,
-             "hollow_cylinder": microstructure_offset(ph.wm, ph.fibre, b0, ph.micro_ppm),
+             "hollow_cylinder": hollow,
              "texture": ph.offset,
              "noise": noise,
              "tex_fine": smooth_random_field(shape, vs, tex_rng, (0.6, 1.0), (1.0, 1.0)) * tissue,
@@ -90,9 +91,7 @@ def band_gram(measured: dict, truth: dict, mask: torch.Tensor, voxel_size):
     names = list(measured) + [f"T_{k}" for k in truth]
     arrays = list(measured.values()) + list(truth.values())
     shape = tuple(m.shape)
-    k = torch.meshgrid(*[torch.fft.fftfreq(n, d=v) for n, v in zip(shape, voxel_size, strict=True)],
-                       indexing="ij")
-    kn = torch.sqrt(sum(c.square() for c in k)).flatten()
+    kn = k_magnitude(shape, voxel_size).flatten()
     spectra = []
     for a in arrays:
         a = a.double()

@@ -24,20 +24,24 @@ import torch
 
 from qsmnet.phase import vsharp as _vsharp
 from qsmnet.physics import forward_field
-from qsmnet.sim.acquire import DEFAULT_SNR, acquire, head_fields
-from qsmnet.sim.head import REAL_FIELD_PROFILE, REAL_FIELD_SNR, head_phantom
+from qsmnet.sim.acquire import DEFAULT_SNR, HEAD_PROFILES, acquire, head_fields
+from qsmnet.sim.head import REAL_FIELD_SNR, head_phantom
 
 BANDS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, math.inf))
 REAL = {"unexplained": "56-68 %", "residual_bands": (22, 13, 15, 12, 26), "field_bands": (33, 17, 16, 11, 18)}
 
 
+def k_magnitude(shape, voxel_size) -> torch.Tensor:
+    """|k| (cycles/mm) of every sample of an unshifted FFT grid."""
+    k = torch.meshgrid(*[torch.fft.fftfreq(n, d=v) for n, v in zip(shape, voxel_size, strict=True)],
+                       indexing="ij")
+    return torch.sqrt(sum(c.square() for c in k))
+
+
 def band_shares(x: torch.Tensor, voxel_size) -> list[float]:
     """Percent of ``sum |X(k)|^2`` in each of :data:`BANDS` (|k| in cycles/mm)."""
     spec = torch.fft.fftn(x.double()).abs().square()
-    k = torch.meshgrid(
-        *[torch.fft.fftfreq(n, d=v) for n, v in zip(x.shape, voxel_size, strict=True)], indexing="ij"
-    )
-    kn = torch.sqrt(sum(c.square() for c in k))
+    kn = k_magnitude(x.shape, voxel_size)
     tot = float(spec.sum())
     return [100 * float(spec[(kn >= lo) & (kn < hi)].sum()) / tot for lo, hi in BANDS]
 
@@ -58,12 +62,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snr", type=float, default=None, help=f"default {DEFAULT_SNR:g} ({REAL_FIELD_SNR:g} "
                     "with --profile real-field)")
-    ap.add_argument("--profile", choices=("generator", "real-field"), default="generator",
+    ap.add_argument("--profile", choices=tuple(HEAD_PROFILES), default="generator",
                     help="head phantom settings: the generator's defaults or REAL_FIELD_PROFILE")
     a = ap.parse_args(argv)
-    profile = REAL_FIELD_PROFILE if a.profile == "real-field" else {}
+    profile, profile_snr = HEAD_PROFILES[a.profile]
     if a.snr is None:
-        a.snr = REAL_FIELD_SNR if profile else DEFAULT_SNR
+        a.snr = profile_snr
     torch.set_num_threads(2)
     vs = (a.voxel,) * 3
     shape = tuple(int(round(n / a.voxel)) for n in (192, 224, 192))

@@ -66,7 +66,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pathology", action="store_true", help="head: add a haemorrhage")
     parser.add_argument(
         "--profile",
-        choices=("generator", "real-field"),
+        choices=("generator", "real-field"),  # qsmnet.sim.acquire.HEAD_PROFILES (not imported here)
         default="generator",
         help="head: tissue settings; real-field matches a real 3 T field's spectrum and amplitude "
         "(grey/white contrast x1.7, two texture offsets, SNR 21 unless --snr; docs/realism.md)",
@@ -227,15 +227,15 @@ def _run_head(args, out, geom) -> int:
 
     from qsmnet.errors import QSMNetError
     from qsmnet.sim.acquire import (
-        DEFAULT_SNR,
         DEFAULT_TE,
+        HEAD_PROFILES,
         acquire,
         block_mean,
         head_fields,
         oblique_bandlimit,
     )
     from qsmnet.sim.benchmark import write_case
-    from qsmnet.sim.head import REAL_FIELD_PROFILE, REAL_FIELD_SNR, head_phantom
+    from qsmnet.sim.head import head_phantom
 
     te = tuple(args.te) if args.te else DEFAULT_TE
     if not all(math.isfinite(t) and 0 < t < 1 for t in te):
@@ -250,12 +250,11 @@ def _run_head(args, out, geom) -> int:
     fine_vs = tuple(v / f for v, f in zip(geom.voxel_size, factors, strict=True))
     fine_shape = tuple(n * f for n, f in zip(geom.shape, factors, strict=True))
     rng = np.random.default_rng(args.seed)
-    real = args.profile == "real-field"
-    ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0,
-                      **(REAL_FIELD_PROFILE if real else {}))
+    profile, profile_snr = HEAD_PROFILES[args.profile]
+    ph = head_phantom(fine_shape, fine_vs, rng, haemorrhages=1 if args.pathology else 0, **profile)
     # smooth the air edge's source at oblique B0 (docs/realism.md)
     total, local = head_fields(ph, fine_vs, geom.b0_dir, bandlimit=oblique_bandlimit(geom.b0_dir))
-    snr = (REAL_FIELD_SNR if real else DEFAULT_SNR) if args.snr is None else float(args.snr)
+    snr = profile_snr if args.snr is None else float(args.snr)
     acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
     mask = (block_mean(ph.mask, factors) >= 0.5).float()
     m = mask > 0

@@ -21,7 +21,7 @@ import torch
 
 from qsmnet.physics import hz_to_ppm, ppm_to_hz, ppm_to_rad
 
-from .head import CHI_AIR, HeadPhantom, microstructure_offset
+from .head import CHI_AIR, REAL_FIELD_PROFILE, REAL_FIELD_SNR, HeadPhantom, microstructure_offset
 from .tensor import lowpass, moment_field, tensor_moment
 from .textures import smooth_random_field
 
@@ -29,6 +29,8 @@ DEFAULT_TE = (0.004, 0.009, 0.014, 0.019, 0.024)
 #: 1 / noise std of the complex signal (M0 = 1 at TE 0); 30 brings the residual of the realistic
 #: tier near the real field's (docs/realism.md).
 DEFAULT_SNR = 30.0
+#: Named head settings: (``head_phantom`` keyword arguments, acquisition SNR) (docs/realism.md).
+HEAD_PROFILES = {"generator": ({}, DEFAULT_SNR), "real-field": (REAL_FIELD_PROFILE, REAL_FIELD_SNR)}
 
 
 #: Gaussian sigma (voxels) of the extracerebral sources at oblique B0 (benchmark v2, the ``head``

@@ -234,10 +234,9 @@ def head_phantom(
     labels = br.labels.clone()
     chi = br.chi.clone()
     if float(tissue_scale) != 1.0:
-        lesion = [BRAIN_LABELS[k] for k in ("vein", "calcification", "microbleed")]
-        keep = (labels >= 1) & (labels <= 7)  # the deep grey nuclei
-        for v in lesion:
-            keep |= labels == v
+        kept = ("caudate", "globus_pallidus", "putamen", "red_nucleus", "dentate", "substantia_nigra",
+                "thalamus", "vein", "calcification", "microbleed")
+        keep = torch.isin(labels, torch.tensor([BRAIN_LABELS[k] for k in kept], dtype=labels.dtype))
         chi = torch.where(keep, chi, chi * float(tissue_scale))
     region = lambda sel: torch.from_numpy(np.ascontiguousarray(sel))  # noqa: E731
     csf = head & ~brain & (d_brain <= 2.5)
