@@ -10,6 +10,11 @@ the figures measured on a real 3 T in vivo field (issue 15). Usage:
 ``--profile real-field`` simulates the head with :data:`qsmnet.sim.head.REAL_FIELD_PROFILE` (and,
 unless ``--snr`` is given, :data:`qsmnet.sim.head.REAL_FIELD_SNR`).
 
+``--benchmark DIR`` simulates nothing: it reports every head case of a written benchmark v2
+(``qsmnet simulate --benchmark-v2 -o DIR``), the field std in the mask included, one row per case:
+
+    python scripts/realism_report.py --benchmark data/benchmark_v2
+
 The realistic tier's background-field removal is a parameter (``bfr(total_ppm, mask, voxel_size)
 -> (local, mask)``); the default is :func:`qsmnet.phase.vsharp`, the pipeline's own.
 """
@@ -56,6 +61,32 @@ def unexplained(f, chi, mask, voxel_size, b0_dir):
     return float(res.norm() / f.norm()), band_shares(res, voxel_size), band_shares(f, voxel_size)
 
 
+def _bands(v) -> str:
+    return " / ".join(f"{x:.0f}" for x in v)
+
+
+def _real_row(extra: str = "") -> str:
+    return (f"| real 3 T in vivo (issue 15) | {REAL['unexplained']} | {_bands(REAL['residual_bands'])} | "
+            f"{_bands(REAL['field_bands'])} |{extra}")
+
+
+def benchmark_report(root) -> None:
+    """Print the realism row of every non-clean case of a benchmark v2 folder."""
+    from qsmnet.data import load_benchmark
+
+    print("| case | unexplained | residual bands % | field bands % | field std (ppm) |")
+    print("|---|---|---|---|---|")
+    for name, s in load_benchmark(root):
+        if s.meta["case"].get("tier", "clean") == "clean":
+            continue
+        g = s.geometry[0]
+        f, chi, m = s.field[0], s.chi[0], s.mask[0]
+        u, rb, fb = unexplained(f, chi, m, g.voxel_size, g.b0_dir)
+        std = float(f[m > 0].double().std())
+        print(f"| {name} | {100 * u:.1f} % | {_bands(rb)} | {_bands(fb)} | {std:.4f} |")
+    print(_real_row(" 0.011 |"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voxel", type=float, default=2.0, help="mm (1 is the real size grid; 2 is 8x cheaper)")
@@ -64,7 +95,12 @@ def main(argv=None):
                     "with --profile real-field)")
     ap.add_argument("--profile", choices=tuple(HEAD_PROFILES), default="generator",
                     help="head phantom settings: the generator's defaults or REAL_FIELD_PROFILE")
+    ap.add_argument("--benchmark", metavar="DIR", default=None,
+                    help="report the head cases of a written benchmark v2 instead of simulating")
     a = ap.parse_args(argv)
+    if a.benchmark is not None:
+        torch.set_num_threads(2)
+        return benchmark_report(a.benchmark)
     profile, profile_snr = HEAD_PROFILES[a.profile]
     if a.snr is None:
         a.snr = profile_snr
@@ -91,13 +127,9 @@ def main(argv=None):
     print("|---|---|---|---|")
     for name, (u, rb, fb) in rows.items():
         print(
-            f"| {name} | {100 * u:.1f} % | {' / '.join(f'{v:.0f}' for v in rb)} | "
-            f"{' / '.join(f'{v:.0f}' for v in fb)} |"
+            f"| {name} | {100 * u:.1f} % | {_bands(rb)} | {_bands(fb)} |"
         )
-    print(
-        f"| real 3 T in vivo (issue 15) | {REAL['unexplained']} | "
-        f"{' / '.join(map(str, REAL['residual_bands']))} | {' / '.join(map(str, REAL['field_bands']))} |"
-    )
+    print(_real_row())
 
 
 if __name__ == "__main__":

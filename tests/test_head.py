@@ -225,6 +225,16 @@ def test_cli_simulate_head(tmp_path):
     assert float(np.median(np.abs(r_chi))) > 1.5 * float(np.median(np.abs(g_chi)))
 
 
+def test_benchmark_v2_unknown_profile_is_refused(tmp_path):
+    from qsmnet.errors import QSMNetError
+    from qsmnet.phase import vsharp
+    from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+
+    with pytest.raises(QSMNetError, match="unknown head profile 'patient'"):
+        make_benchmark_v2(tmp_path / "b", vsharp, profile="patient")
+    assert not (tmp_path / "b").exists()
+
+
 def test_cli_simulate_profile_is_for_heads(tmp_path, capsys):
     from qsmnet.cli.main import main
 
@@ -239,6 +249,7 @@ def test_benchmark_v2_small(tmp_path):
     from qsmnet.data import load_benchmark
     from qsmnet.phase import vsharp
     from qsmnet.sim.benchmark_v2 import make_benchmark_v2
+    from qsmnet.sim.head import REAL_FIELD_PROFILE, REAL_FIELD_SNR
 
     path = make_benchmark_v2(
         tmp_path,
@@ -251,6 +262,10 @@ def test_benchmark_v2_small(tmp_path):
     )
     man = json.loads(path.read_text())
     assert len(man["cases"]) == 7 and {e["tier"] for e in man["cases"].values()} == {"realistic", "hires"}
+    # the set's heads use the real-field profile (docs/realism.md) and its SNR
+    assert man["profile"] == "real-field" and man["snr"] == REAL_FIELD_SNR
+    assert man["profile_settings"]["tissue_scale"] == REAL_FIELD_PROFILE["tissue_scale"]
+    assert all(e["snr"] == REAL_FIELD_SNR for e in man["cases"].values())
     cases = dict(load_benchmark(tmp_path))
     s = cases["head1_axial_1x1x2"]
     assert s.geometry[0].voxel_size == pytest.approx((4, 4, 8), abs=1e-4)

@@ -67,9 +67,10 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--profile",
         choices=("generator", "real-field"),  # qsmnet.sim.acquire.HEAD_PROFILES (not imported here)
-        default="generator",
-        help="head: tissue settings; real-field matches a real 3 T field's spectrum and amplitude "
-        "(grey/white contrast x1.7, two texture offsets, SNR 21 unless --snr; docs/realism.md)",
+        default=None,
+        help="head and --benchmark-v2: tissue settings; real-field matches a real 3 T field's spectrum "
+        "and amplitude (grey/white contrast x1.7, two texture offsets, SNR 21 unless --snr; "
+        "docs/realism.md). Default: generator for --phantom head, real-field for --benchmark-v2",
     )
     parser.add_argument(
         "--sim-voxel",
@@ -127,11 +128,20 @@ def run(args) -> int:
     from qsmnet.sim.benchmark import make_benchmark, write_case
 
     out = Path(args.out)
+    if args.snr is not None and not (math.isfinite(args.snr) and args.snr > 0):
+        raise QSMNetError(f"--snr must be a positive number, got {args.snr}")
     if args.benchmark_v2:
         from qsmnet.phase import vsharp
         from qsmnet.sim.benchmark_v2 import make_benchmark_v2
 
-        path = make_benchmark_v2(out, vsharp, force=args.force, progress=lambda m: print(m, flush=True))
+        path = make_benchmark_v2(
+            out,
+            vsharp,
+            force=args.force,
+            progress=lambda m: print(m, flush=True),
+            profile=args.profile or "real-field",
+            snr=args.snr,
+        )
         n = len(json.loads(path.read_text())["cases"])
         print(f"benchmark v2: {n} cases, manifest {path}")
         return 0
@@ -157,10 +167,10 @@ def run(args) -> int:
         raise QSMNetError(f"--shape must be between 3 and 512 voxels per axis, got {shape}")
     if not all(math.isfinite(v) and 0 < v <= 10 for v in vs):
         raise QSMNetError(f"--voxel-size must be in (0, 10] mm, got {vs}")
-    if args.snr is not None and not (math.isfinite(args.snr) and args.snr > 0):
-        raise QSMNetError(f"--snr must be a positive number, got {args.snr}")
     if not (math.isfinite(args.noise_std) and args.noise_std >= 0):
         raise QSMNetError(f"--noise-std must be >= 0 ppm, got {args.noise_std}")
+    if args.profile is None:
+        args.profile = "generator"
     if args.profile != "generator" and args.phantom != "head":
         raise QSMNetError(f"--profile {args.profile} is for --phantom head, not {args.phantom}")
     try:

@@ -6,8 +6,10 @@ Tiers (case names, one folder each, one ``cases.json`` at the root):
 - ``clean``: the 16 v1 cases (:func:`qsmnet.sim.benchmark.make_benchmark`), in ``clean/``,
   bit-identical to v1.
 - ``realistic``: 2 whole heads at 1 mm (192 x 224 x 192, seeds ``[BENCHMARK_V2_SEED, h]``) with
-  WM anisotropy and the hollow-cylinder offset; total field of the whole head in air, 5-echo
-  acquisition (4-24 ms, 3 T, SNR :data:`SNR`), ideal echo fit, ``bfr`` -> local field;
+  WM anisotropy and the hollow-cylinder offset, the tissue settings of
+  :data:`qsmnet.sim.head.REAL_FIELD_PROFILE` (``profile="real-field"``, the default; docs/realism.md);
+  total field of the whole head in air, 5-echo acquisition (4-24 ms, 3 T, SNR
+  :data:`~qsmnet.sim.head.REAL_FIELD_SNR`), ideal echo fit, ``bfr`` -> local field;
   geometries ``axial_1mm``, ``oblique45_1mm`` and ``axial_1x1x2`` (complex averaging of 1 mm
   slice pairs). 6 cases ``head{1,2}_{...}``.
 - ``pathology``: one head with 2 haemorrhages (+0.5..+1.5 ppm) and its calcifications and
@@ -36,12 +38,22 @@ import torch
 
 from qsmnet.physics import Geometry, forward_field
 
-from .acquire import DEFAULT_SNR, DEFAULT_TE, OBLIQUE_BANDLIMIT, acquire, block_mean, head_fields
+from .acquire import (
+    DEFAULT_SNR,
+    DEFAULT_TE,
+    HEAD_PROFILES,
+    OBLIQUE_BANDLIMIT,
+    acquire,
+    block_mean,
+    head_fields,
+)
 from .benchmark import data_sha256, make_benchmark, write_case
 from .head import head_phantom
 
 BENCHMARK_V2_SEED = 20261202
-SNR = DEFAULT_SNR
+SNR = DEFAULT_SNR  # the generator profile's SNR (the set before session 20)
+#: Head settings of the set (a key of :data:`qsmnet.sim.acquire.HEAD_PROFILES`).
+PROFILE = "real-field"
 HEAD_SHAPE = (192, 224, 192)
 TILTS = {"axial": 0.0, "oblique20": 20.0, "oblique30": 30.0, "oblique45": 45.0}
 #: (phantom, orientation, voxel key) per case of the realistic and pathology tiers.
@@ -136,8 +148,8 @@ def make_benchmark_v2(
     head_mm: float = 1.0,
     hires_mm: float = 0.6,
     tiers=("clean", "realistic", "pathology", "hires"),
-    profile: dict | None = None,
-    snr: float = SNR,
+    profile: str = PROFILE,
+    snr: float | None = None,
 ) -> Path:
     """Write benchmark v2 to ``out_dir`` (see the module docstring); returns ``cases.json``.
 
@@ -149,22 +161,31 @@ def make_benchmark_v2(
         head_shape, hires_shape, head_mm, hires_mm: grids and their voxel sizes (tests use small,
             coarse ones; the set is defined by the defaults).
         tiers: which tiers to write (the set is defined by all four).
-        profile: :func:`~qsmnet.sim.head.head_phantom` settings of the heads (e.g.
-            :data:`~qsmnet.sim.head.REAL_FIELD_PROFILE`, with ``snr``
-            :data:`~qsmnet.sim.head.REAL_FIELD_SNR`); None: the generator's defaults.
-        snr: SNR of the heads' acquisitions.
+        profile: the heads' settings, a key of :data:`qsmnet.sim.acquire.HEAD_PROFILES`:
+            ``"real-field"`` (the set; :data:`~qsmnet.sim.head.REAL_FIELD_PROFILE`) or
+            ``"generator"`` (the generator's defaults: the set before session 20).
+        snr: SNR of the heads' acquisitions; None: the profile's.
     """
     from qsmnet.errors import QSMNetError
 
+    if profile not in HEAD_PROFILES:
+        raise QSMNetError(f"unknown head profile {profile!r} (choose from {', '.join(HEAD_PROFILES)})")
     out = Path(out_dir)
     mpath = out / "cases.json"
     if mpath.exists() and not force:
         raise QSMNetError(f"{mpath} already exists (use --force to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    profile = dict(profile or {})
-    manifest = {"version": 2, "seed": BENCHMARK_V2_SEED, "snr": snr, "cases": {}}
-    if profile:
-        manifest["profile"] = json.loads(json.dumps(profile))
+    profile_name = profile
+    profile, profile_snr = HEAD_PROFILES[profile_name]
+    snr = profile_snr if snr is None else float(snr)
+    manifest = {
+        "version": 2,
+        "seed": BENCHMARK_V2_SEED,
+        "snr": snr,
+        "profile": profile_name,
+        "profile_settings": json.loads(json.dumps(profile)),
+        "cases": {},
+    }
     say = progress or (lambda m: None)
     if "clean" in tiers:
         v1 = json.loads(make_benchmark(out / "clean", force=force).read_text())
