@@ -45,15 +45,16 @@ BOUNDS = {"veins": (0.5, 3), "nuclei": (0.5, 3), "rest": (0.5, 3), "background":
           "tex_fine": (0, 0.01), "tex_mid": (0, 0.01)}
 
 
-def components(seed, voxel: float = 1.0):
+def components(seed, voxel: float = 1.0, head_params: dict | None = None):
     """(measured parts, truth parts, eroded mask) of one head: V-SHARP'd fields of every part and
     the true fields of the brain's parts. ``seed``: an int, or a sequence (benchmark v2's head h is
-    ``[BENCHMARK_V2_SEED, h]``)."""
+    ``[BENCHMARK_V2_SEED, h]``). ``head_params``: extra :func:`head_phantom` settings (e.g.
+    ``tissue_contrast``)."""
     vs = (voxel,) * 3
     shape = tuple(int(round(n / voxel)) for n in (192, 224, 192))
     b0 = (0.0, 0.0, 1.0)
     rng = np.random.default_rng(seed)
-    ph = head_phantom(shape, vs, rng)
+    ph = head_phantom(shape, vs, rng, **(head_params or {}))
     lab = ph.labels
 
     def fwd(chi):

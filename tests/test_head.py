@@ -120,6 +120,30 @@ def test_tissue_scale_and_offset_textures(head):
     assert 0.0035 < std < 0.0055 and float(prof.offset[~tissue].abs().max()) == 0.0
 
 
+def test_tissue_contrast_sets_the_grey_white_difference(head):
+    # a fixed contrast instead of a factor: every head ends with the same grey minus white matter chi
+    lab = head.labels
+    tissue = (lab == HEAD_LABELS["white_matter"]) | (lab == HEAD_LABELS["grey_matter"])
+    for seed in (3, 4):
+        ph = head_phantom((47, 57, 47), (4.0, 4.0, 4.0), seed, tissue_contrast=0.05)
+        v = ph.info["values_ppm"]
+        assert ph.info["tissue_scale"] * (v["grey_matter"] - v["white_matter"]) == pytest.approx(0.05)
+        assert ph.info["tissue_contrast"] == 0.05
+    ref = head_phantom((47, 57, 47), (4.0, 4.0, 4.0), 3, haemorrhages=1,
+                       tissue_contrast=0.05, offset_textures=[((6.0,), 0.004), ((12.0,), 0.002)])
+    k = ref.info["tissue_scale"]
+    assert k != pytest.approx(1.0)
+    torch.testing.assert_close(ref.chi[tissue], k * head.chi[tissue])
+    # nuclei and veins scale on their own
+    scaled = head_phantom((47, 57, 47), (4.0, 4.0, 4.0), 3, haemorrhages=1, nuclei_scale=2.0, vein_scale=3.0)
+    for name, k in (("caudate", 2.0), ("globus_pallidus", 2.0), ("vein", 3.0), ("white_matter", 1.0)):
+        sel = lab == HEAD_LABELS[name]
+        assert int(sel.sum()) > 0
+        torch.testing.assert_close(scaled.chi[sel], k * head.chi[sel])
+    with pytest.raises(ValueError, match="not both"):
+        head_phantom((47, 57, 47), (4.0, 4.0, 4.0), 3, tissue_scale=2.0, tissue_contrast=0.05)
+
+
 def test_background_field_near_sinuses_at_3t():
     ph = head_phantom((64, 75, 64), (3.0, 3.0, 3.0), 5)
     total, _ = head_fields(ph, (3.0, 3.0, 3.0), (0, 0, 1))
@@ -221,8 +245,13 @@ def test_cli_simulate_head(tmp_path):
     assert q["Profile"] == "real-field" and q["SNR"] == 21.0
     wm = load_nifti(real / "brainmask.nii.gz").data > 0
     g_chi, r_chi = (load_nifti(d / "truth_chi.nii.gz").data[wm] for d in (tmp_path / "g", real))
-    # grey/white matter dominate the median (bone enters the brain mask's edge voxels at 4 x 4 x 8 mm)
-    assert float(np.median(np.abs(r_chi))) > 1.5 * float(np.median(np.abs(g_chi)))
+    # grey/white matter dominate the median (bone enters the brain mask's edge voxels at 4 x 4 x 8 mm):
+    # scaled by the factor that brings this head's drawn contrast to the profile's
+    from qsmnet.sim.head import REAL_FIELD_PROFILE
+
+    k = head_phantom((31, 37, 42), (4.0, 4.0, 4.0), 1, **REAL_FIELD_PROFILE).info["tissue_scale"]
+    ratio = float(np.median(np.abs(r_chi))) / float(np.median(np.abs(g_chi)))
+    assert abs(k - 1.0) > 0.05 and ratio == pytest.approx(k, rel=0.1)
 
 
 def test_benchmark_v2_unknown_profile_is_refused(tmp_path):
@@ -264,7 +293,7 @@ def test_benchmark_v2_small(tmp_path):
     assert len(man["cases"]) == 7 and {e["tier"] for e in man["cases"].values()} == {"realistic", "hires"}
     # the set's heads use the real-field profile (docs/realism.md) and its SNR
     assert man["profile"] == "real-field" and man["snr"] == REAL_FIELD_SNR
-    assert man["profile_settings"]["tissue_scale"] == REAL_FIELD_PROFILE["tissue_scale"]
+    assert man["profile_settings"]["tissue_contrast"] == REAL_FIELD_PROFILE["tissue_contrast"]
     assert all(e["snr"] == REAL_FIELD_SNR for e in man["cases"].values())
     cases = dict(load_benchmark(tmp_path))
     s = cases["head1_axial_1x1x2"]

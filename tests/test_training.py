@@ -53,6 +53,18 @@ def test_configs_compose_for_every_group():
     assert cfg.scheduler.T_max == cfg.trainer.max_steps
 
 
+def test_realfield2_training_heads_are_the_benchmark_profile():
+    # conf/data/sim_head.yaml spells the profile out (its cache key); it must not drift from the code's
+    from omegaconf import OmegaConf
+
+    from qsmnet.sim.head import REAL_FIELD_PROFILE
+
+    cfg = make_cfg(Path("/nonexistent"), ["data=sim_head"])
+    params = OmegaConf.to_container(cfg.data.train_extra.realfield2.simulation_override.head_params)
+    as_lists = json.loads(json.dumps(REAL_FIELD_PROFILE))
+    assert params == as_lists
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_every_experiment(experiment, tmp_path):
     model = experiment.split("_")[0]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .brain import LABELS as BRAIN_LABELS
-from .brain import brain_phantom
+from .brain import NUCLEI, brain_phantom
 from .textures import as_rng, smooth_random_field
 
 HEAD_LABELS = {**BRAIN_LABELS, "soft_tissue": 18, "bone": 19, "sinus": 20, "mastoid": 21, "haemorrhage": 22}
@@ -57,12 +57,14 @@ HEAD_CHI_RANGES = {
     "micro": (-0.006, -0.002),
     "offset_texture": (0.002, 0.004),
 }
-#: Head-phantom settings whose realistic tier matches the real 3 T field's figures (issue 15):
-#: grey/white matter contrast x1.7 (field std 0.007 -> ~0.011 ppm, more of it below 0.05
-#: cycles/mm) and the texture offset split into a fine (0.6-1 mm) and a mid-scale (3-5 mm) part
-#: (the 0.8-2.5 mm texture put too much of the residual in 0.05-0.2 cycles/mm); acquire it at
-#: :data:`REAL_FIELD_SNR`. Fitted with scripts/realism_components.py, docs/realism.md.
-REAL_FIELD_PROFILE = {"tissue_scale": 1.7, "offset_textures": (((0.6, 1.0), 0.0044), ((3.0, 5.0), 0.0034))}
+#: Head-phantom settings whose realistic tier matches the real 3 T field's figures (issue 15),
+#: fitted jointly on benchmark v2's two healthy heads with scripts/realism_components.py
+#: (docs/realism.md): grey minus white matter chi 0.048 ppm in every head (a fixed contrast, not a
+#: factor: the drawn contrast spans 0.02-0.08 ppm, 4x, between heads), deep grey nuclei and veins
+#: x1.5, and the texture offset split into a fine (0.6-1 mm, 0.0044 ppm) and a mid-scale (3-5 mm,
+#: 0.0025 ppm) part; acquire it at :data:`REAL_FIELD_SNR`.
+REAL_FIELD_PROFILE = {"tissue_contrast": 0.048, "nuclei_scale": 1.5, "vein_scale": 1.5,
+                      "offset_textures": (((0.6, 1.0), 0.0044), ((3.0, 5.0), 0.0025))}
 #: SNR of the acquisition that goes with :data:`REAL_FIELD_PROFILE` (the noise keeps its share
 #: of the residual above 0.3 cycles/mm next to the stronger field).
 REAL_FIELD_SNR = 21.0
@@ -182,6 +184,9 @@ def head_phantom(
     micro_ppm: float | None = None,
     centre_mni: Sequence[float] | None = None,
     tissue_scale: float = 1.0,
+    tissue_contrast: float | None = None,
+    nuclei_scale: float = 1.0,
+    vein_scale: float = 1.0,
     offset_textures: Sequence[tuple[Sequence[float], float]] | None = None,
     **brain_kwargs,
 ) -> HeadPhantom:
@@ -198,7 +203,13 @@ def head_phantom(
             skull base and sinuses are in).
         tissue_scale: factor on the brain's grey/white matter chi and its texture (everything
             but the nuclei, veins, calcifications and microbleeds; haemorrhages come after). 1
-            keeps :func:`brain_phantom`'s values; :data:`REAL_FIELD_PROFILE` raises it.
+            keeps :func:`brain_phantom`'s values.
+        tissue_contrast: instead of ``tissue_scale``: the grey minus white matter chi (ppm) the
+            factor brings this head's drawn values to (they span 0.02-0.08 ppm between heads);
+            :data:`REAL_FIELD_PROFILE` sets it.
+        nuclei_scale: factor on the seven deep grey nuclei's chi (iron; default 1).
+        vein_scale: factor on the veins' chi (their 0.4-1 mm radii lose contrast to partial
+            volume at 1 mm; default 1).
         offset_textures: the non-convolutional texture offset as ``[(scales_mm, std_ppm), ...]``,
             one equal-weight texture per entry (default None: one 0.8-2.5 mm texture of std drawn
             in ``HEAD_CHI_RANGES["offset_texture"]``).
@@ -233,11 +244,20 @@ def head_phantom(
 
     labels = br.labels.clone()
     chi = br.chi.clone()
+    if tissue_contrast is not None:
+        if float(tissue_scale) != 1.0:
+            raise ValueError("give tissue_scale or tissue_contrast, not both")
+        drawn = br.info["values_ppm"]
+        tissue_scale = float(tissue_contrast) / (drawn["grey_matter"] - drawn["white_matter"])
     if float(tissue_scale) != 1.0:
         kept = ("caudate", "globus_pallidus", "putamen", "red_nucleus", "dentate", "substantia_nigra",
                 "thalamus", "vein", "calcification", "microbleed")
         keep = torch.isin(labels, torch.tensor([BRAIN_LABELS[k] for k in kept], dtype=labels.dtype))
         chi = torch.where(keep, chi, chi * float(tissue_scale))
+    nuclei = [BRAIN_LABELS[k] for k in NUCLEI]
+    for ids, k in ((nuclei, nuclei_scale), ([BRAIN_LABELS["vein"]], vein_scale)):
+        if float(k) != 1.0:
+            chi = torch.where(torch.isin(labels, torch.tensor(ids, dtype=labels.dtype)), chi * float(k), chi)
     region = lambda sel: torch.from_numpy(np.ascontiguousarray(sel))  # noqa: E731
     csf = head & ~brain & (d_brain <= 2.5)
     bone = head & ~brain & (d_brain > 2.5) & (d_brain <= 9.0) & (d_out > 4.0)
@@ -293,6 +313,9 @@ def head_phantom(
         "haemorrhages": n_h,
         "centre_mni": list(centre_mni),
         "tissue_scale": float(tissue_scale),
+        "tissue_contrast": None if tissue_contrast is None else float(tissue_contrast),
+        "nuclei_scale": float(nuclei_scale),
+        "vein_scale": float(vein_scale),
     }
     return HeadPhantom(
         chi=chi.contiguous(),
