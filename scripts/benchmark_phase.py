@@ -76,26 +76,48 @@ def folder_case(folder: Path) -> dict:
             "name": str(folder)}  # fmt: skip
 
 
-def reference_row(
-    case: dict, row: dict, brain_mask: np.ndarray, ours_local: np.ndarray, ours_mask: np.ndarray
-):
-    """Add the independent chain (scripts/reference_chain.py) on the same brain mask to ``row``."""
+def _unexplained(local: np.ndarray, case: dict, mask: np.ndarray) -> float:
+    """||f - D chi_brain|| / ||f|| in ``mask`` (both demeaned): chi_brain = truth chi in the truth brain
+    mask (the scalar dipole model of the brain, as scripts/realism_report.py)."""
+    from realism_report import unexplained
+
+    g = case["geometry"]
+    chi = torch.as_tensor(case["chi"] * case["mask"])
+    frac, _, _ = unexplained(torch.as_tensor(local), chi, torch.as_tensor(mask), g.voxel_size, g.b0_dir)
+    return 100 * frac
+
+
+def reference_row(case: dict, row: dict, brain_mask: np.ndarray, ours_local: np.ndarray,
+                  ours_mask: np.ndarray, unwraps=("skimage",)):  # fmt: skip
+    """Add the independent chain (scripts/reference_chain.py) on the same brain mask to ``row``, once
+    per unwrapping method; with a truth chi also each chain's departure from the scalar dipole model."""
     from reference_chain import reference_local_field
 
-    t0 = time.perf_counter()
-    loc, rm = reference_local_field(case["phase"], case["mag"], case["te"], case["b0"],
-                                    case["geometry"].voxel_size, brain_mask)  # fmt: skip
-    common = rm & ours_mask & case["mask"]
-    row["ref_local_nrmse"] = nrmse(loc, case["local"], rm & case["mask"])
-    row["ref_common_nrmse"] = nrmse(loc, case["local"], common)
-    row["ours_common_nrmse"] = nrmse(ours_local, case["local"], common)
-    row["ref_s"] = time.perf_counter() - t0
-    print(f"reference chain (skimage unwrap + weighted fit + numpy V-SHARP): {row['ref_local_nrmse']:.1f} % "
-          f"in its mask; on the common mask ours {row['ours_common_nrmse']:.1f} % vs reference "
-          f"{row['ref_common_nrmse']:.1f} % ({row['ref_s']:.0f} s)")  # fmt: skip
+    if case["chi"] is not None:
+        row["ours_unexplained"] = _unexplained(ours_local, case, ours_mask & case["mask"])
+        print("ours: local field unexplained by the brain's scalar dipole field "
+              f"{row['ours_unexplained']:.1f} %")
+    for u in unwraps:
+        t0 = time.perf_counter()
+        loc, rm = reference_local_field(case["phase"], case["mag"], case["te"], case["b0"],
+                                        case["geometry"].voxel_size, brain_mask, unwrap=u)  # fmt: skip
+        common = rm & ours_mask & case["mask"]
+        key = "ref" if u == "skimage" else f"ref_{u}"
+        row[f"{key}_local_nrmse"] = nrmse(loc, case["local"], rm & case["mask"])
+        row[f"{key}_common_nrmse"] = nrmse(loc, case["local"], common)
+        row["ours_common_nrmse"] = nrmse(ours_local, case["local"], common)
+        row[f"{key}_s"] = time.perf_counter() - t0
+        extra = ""
+        if case["chi"] is not None:
+            row[f"{key}_unexplained"] = _unexplained(loc, case, rm & case["mask"])
+            extra = f"; unexplained by the scalar dipole field {row[f'{key}_unexplained']:.1f} %"
+        print(f"reference chain ({u} unwrap + weighted fit + numpy V-SHARP): "
+              f"{row[f'{key}_local_nrmse']:.1f} % in its mask; on the common mask ours "
+              f"{row['ours_common_nrmse']:.1f} % vs reference "
+              f"{row[f'{key}_common_nrmse']:.1f} % ({row[f'{key}_s']:.0f} s){extra}")  # fmt: skip
 
 
-def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask: bool, ref=False) -> dict:
+def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask: bool, ref=()) -> dict:
     from qsmnet.inference.qsm import run_qsm
 
     t0 = time.perf_counter()
@@ -119,7 +141,7 @@ def run_case(case: dict, bfr: str, method: str, method_params: dict, given_mask:
         "wall_s": wall,
     }
     if ref and bfr == "vsharp":
-        reference_row(case, row, bm, r.local_field.numpy(), m)
+        reference_row(case, row, bm, r.local_field.numpy(), m, unwraps=ref)
     return row
 
 
@@ -209,7 +231,8 @@ def main() -> None:
     )
     ap.add_argument("--mask-only", action="store_true", help="only brain_mask's Dice, plain and stripped")
     ap.add_argument(
-        "--reference", action="store_true", help="also run scripts/reference_chain.py (V-SHARP rows)"
+        "--reference", nargs="*", choices=("skimage", "laplacian"), default=None,
+        help="also run scripts/reference_chain.py (V-SHARP rows) with these unwrappings (default skimage)",
     )
     ap.add_argument("--threads", type=int, help="torch threads (e.g. 2 for the speed goal)")
     ap.add_argument("--figure", action="store_true", help="also draw docs/figures/qsm_pipeline.png")
@@ -227,7 +250,8 @@ def main() -> None:
         print("\n".join(mask_rows(case)))
         return
     params = {"iterations": args.iterations} if args.iterations else {}
-    rows = [run_case(case, b, args.method, params, args.given_mask, args.reference) for b in args.bfr]
+    ref = () if args.reference is None else tuple(args.reference) or ("skimage",)
+    rows = [run_case(case, b, args.method, params, args.given_mask, ref) for b in args.bfr]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

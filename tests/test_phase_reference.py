@@ -45,3 +45,9 @@ def test_local_field_no_worse_than_the_reference_chain(rng):
     e_ours = _nrmse(ours.numpy(), local, common)
     assert e_ref < 0.8  # the reference chain works (V-SHARP on the exact total field: 0.76)
     assert e_ours <= 1.02 * e_ref + 0.005
+    # Laplacian unwrapping: exact up to a harmonic function, which V-SHARP removes
+    lap, er_lap = reference_local_field(phase, mag, te, b0, g.voxel_size, mask, unwrap="laplacian",
+                                        radii_mm=radii)  # fmt: skip
+    both = er_lap & er_ref
+    assert both.sum() > 0.5 * mask.sum()
+    assert _nrmse(lap, local, both) < 1.05 * _nrmse(ref, local, both) + 0.01

@@ -69,7 +69,8 @@ def add_arguments(parser) -> None:
         choices=("generator", "real-field"),  # qsmnet.sim.acquire.HEAD_PROFILES (not imported here)
         default=None,
         help="head and --benchmark-v2: tissue settings; real-field matches a real 3 T field's spectrum "
-        "and amplitude (grey/white contrast x1.7, two texture offsets, SNR 21 unless --snr; "
+        "and amplitude (grey minus white matter 0.048 ppm, nuclei and veins x1.5, two texture "
+        "offsets, SNR 21 unless --snr; "
         "docs/realism.md). Default: generator for --phantom head, real-field for --benchmark-v2",
     )
     parser.add_argument(
@@ -78,6 +79,13 @@ def add_arguments(parser) -> None:
         default=1.0,
         metavar="MM",
         help="head: simulate on voxels of at most MM, then average (default 1)",
+    )
+    parser.add_argument(
+        "--no-dephasing",
+        dest="dephasing",
+        action="store_false",
+        help="head: no intravoxel dephasing by the field gradient (full signal next to sinuses; "
+        "benchmark v2 and the training heads are made without it)",
     )
     parser.add_argument(
         "--imperfection",
@@ -265,7 +273,8 @@ def _run_head(args, out, geom) -> int:
     # smooth the air edge's source at oblique B0 (docs/realism.md)
     total, local = head_fields(ph, fine_vs, geom.b0_dir, bandlimit=oblique_bandlimit(geom.b0_dir))
     snr = profile_snr if args.snr is None else float(args.snr)
-    acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors)
+    acq = acquire(total, ph.m0, ph.r2star, fine_vs, rng, te=te, b0=args.b0, snr=snr, factors=factors,
+                  dephasing=args.dephasing)
     mask = (block_mean(ph.mask, factors) >= 0.5).float()
     m = mask > 0
     loc = block_mean(local, factors)
@@ -291,6 +300,7 @@ def _run_head(args, out, geom) -> int:
         "TiltDeg": round(geom.tilt_deg, 6),
         "Pathology": bool(args.pathology),
         "Profile": args.profile,
+        "IntravoxelDephasing": bool(args.dephasing),
         "Values_ppm": ph.info["head_values_ppm"],
         "ChiReference": "water (CSF) = 0; air +9.4",
         "PhaseUnits": "rad (wrapped)",
