@@ -63,7 +63,7 @@ def laplacian_unwrap(phase: np.ndarray, mask: np.ndarray, voxel_size, pad: int =
             both = m & np.roll(m, -1, ax)
             d = np.angle(np.exp(1j * (np.roll(p, -1, ax) - p))) * both / v**2
             div += d - np.roll(d, 1, ax)
-        out[e] = np.fft.irfftn(np.fft.rfftn(div) * inv, shape)[sl]
+        out[e] = np.fft.irfftn(np.fft.rfftn(div) * inv, shape, axes=(0, 1, 2))[sl]
     return out * mask
 
 

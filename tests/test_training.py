@@ -147,6 +147,9 @@ def test_checkpoint_rebuild_identical_output(tmp_path):
     from_ckpt, _ = mio.load_network(best)
     exported, meta = mio.load_network(tmp_path / "weights" / "ck.safetensors")
     assert meta["best_checkpoint"] == str(best)
+    # The final step's weights are exported beside the best checkpoint's.
+    _, last_meta = mio.load_network(tmp_path / "weights" / "ck_last.safetensors")
+    assert last_meta["steps"] == 2 and last_meta["final_step"] is True
     sample = collate([_sample(1, geom=Geometry((15, 13, 11), (0.9, 1.1, 2.0), (0.5, 0.0, 0.85)))])
     with torch.no_grad():
         a = from_ckpt(sample.field, sample.mask, sample.geometry)

@@ -3,7 +3,9 @@
 A plain function (``qsmnet-train`` only calls it), so tests compose configs with CPU-sized overrides.
 After fitting, the best checkpoint's network (or the last state when no checkpoint was written,
 e.g. under ``fast_dev_run``) is exported as ``<output_dir>/weights/<name>.safetensors`` + ``.json``
-(see :mod:`qsmnet.models.io`), and also to ``export_to`` when that is set.
+(see :mod:`qsmnet.models.io`), and also to ``export_to`` when that is set. When a best checkpoint was
+chosen, the final step's network is also written as ``<output_dir>/weights/<name>_last`` (``final_step``
+in its JSON): the one to score when the validation set is not the target data.
 """
 
 from __future__ import annotations
@@ -148,6 +150,18 @@ def train(cfg) -> dict[str, float]:
     if cfg.get("test"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    stem = str(cfg.get("name") or type(net).__name__.lower())
+    dest = [out / "weights" / stem]
+    if cfg.get("export_to"):
+        dest.append(Path(cfg.export_to))
+    if best and trainer.is_global_zero:
+        # the final step's weights too: the best checkpoint by validation is what ships, but when the
+        # validation set is not the target data the last step is the one to score (and ModelCheckpoint's
+        # last.ckpt is only refreshed together with a new best)
+        final = {"name": cfg.get("name"), "steps": int(trainer.global_step), "final_step": True,
+                 "init_from": cfg.get("init_from"), "metrics": metrics, "train_config": resolved}  # fmt: skip
+        last = save_weights(net, resolved["model"], out / "weights" / f"{stem}_last", extra=final)
+        log.info("final step's weights: %s", last)
     if best:
         _load_best(net, best)
 
@@ -162,10 +176,6 @@ def train(cfg) -> dict[str, float]:
             "metrics": metrics,
             "train_config": resolved,
         }
-        stem = str(cfg.get("name") or type(net).__name__.lower())
-        dest = [out / "weights" / stem]
-        if cfg.get("export_to"):
-            dest.append(Path(cfg.export_to))
         for d in dest:
             save_weights(net, resolved["model"], d, extra=summary)
             log.info("exported weights to %s.safetensors", d)
