@@ -54,14 +54,15 @@ def laplacian_unwrap(phase: np.ndarray, mask: np.ndarray, voxel_size, pad: int =
     inv = np.where(lap != 0, 1.0 / np.where(lap != 0, lap, 1.0), 0.0)
     m = np.zeros(shape, dtype=bool)
     m[sl] = mask
+    # neighbour pairs inside the mask along each axis, weighted by 1 / voxel^2 (the same for every echo)
+    pairs = [(m & np.roll(m, -1, ax)) / v**2 for ax, v in enumerate(voxel_size)]
     out = np.zeros(phase.shape, dtype=np.float64)
     for e in range(phase.shape[0]):
         p = np.zeros(shape)
         p[sl] = phase[e]
         div = np.zeros(shape)
-        for ax, v in enumerate(voxel_size):
-            both = m & np.roll(m, -1, ax)
-            d = np.angle(np.exp(1j * (np.roll(p, -1, ax) - p))) * both / v**2
+        for ax, w in enumerate(pairs):
+            d = np.angle(np.exp(1j * (np.roll(p, -1, ax) - p))) * w
             div += d - np.roll(d, 1, ax)
         out[e] = np.fft.irfftn(np.fft.rfftn(div) * inv, shape, axes=(0, 1, 2))[sl]
     return out * mask

@@ -152,9 +152,8 @@ def acquire(
     """
     phi0 = smooth_random_field(tuple(total_ppm.shape), voxel_size, rng, scales_mm=(60.0,), weights=(1.0,))
     te_t = torch.as_tensor([float(t) for t in te], dtype=torch.float32)
-    # field change across one fine voxel along each axis (ppm), for the intravoxel dephasing
-    spans = [g * float(v) for g, v in zip(torch.gradient(total_ppm.float(), spacing=tuple(
-        float(v) for v in voxel_size)), voxel_size, strict=True)] if dephasing else []  # fmt: skip
+    # field change across one fine voxel along each axis (ppm; central differences per voxel)
+    spans = list(torch.gradient(total_ppm.float())) if dephasing else []
     sig = []
     for t in te_t:
         ph = ppm_to_rad(total_ppm, te=float(t), b0=b0) + phi0

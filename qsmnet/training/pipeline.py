@@ -154,28 +154,27 @@ def train(cfg) -> dict[str, float]:
     dest = [out / "weights" / stem]
     if cfg.get("export_to"):
         dest.append(Path(cfg.export_to))
+    summary = {
+        "name": cfg.get("name"),
+        "steps": int(trainer.global_step),
+        "wall_time_s": round(wall_s, 1),
+        "hardware": _hardware(),
+        "best_checkpoint": best or None,
+        "init_from": cfg.get("init_from"),
+        "metrics": metrics,
+        "train_config": resolved,
+    }
     if best and trainer.is_global_zero:
         # the final step's weights too: the best checkpoint by validation is what ships, but when the
         # validation set is not the target data the last step is the one to score (and ModelCheckpoint's
         # last.ckpt is only refreshed together with a new best)
-        final = {"name": cfg.get("name"), "steps": int(trainer.global_step), "final_step": True,
-                 "init_from": cfg.get("init_from"), "metrics": metrics, "train_config": resolved}  # fmt: skip
+        final = {**summary, "best_checkpoint": None, "final_step": True}
         last = save_weights(net, resolved["model"], out / "weights" / f"{stem}_last", extra=final)
         log.info("final step's weights: %s", last)
     if best:
         _load_best(net, best)
 
     if trainer.is_global_zero:
-        summary = {
-            "name": cfg.get("name"),
-            "steps": int(trainer.global_step),
-            "wall_time_s": round(wall_s, 1),
-            "hardware": _hardware(),
-            "best_checkpoint": best or None,
-            "init_from": cfg.get("init_from"),
-            "metrics": metrics,
-            "train_config": resolved,
-        }
         for d in dest:
             save_weights(net, resolved["model"], d, extra=summary)
             log.info("exported weights to %s.safetensors", d)
