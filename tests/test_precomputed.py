@@ -177,6 +177,23 @@ def test_extra_training_set_is_concatenated_with_its_own_cache(tmp_path):
         clash.setup("fit")
 
 
+def test_validation_on_another_profile_has_its_own_cache(tmp_path):
+    spec = {"cache_dir": str(tmp_path / "cache"), "simulation": SIM, "init": "tkd", "volumes": 1,
+            "patch_size": 8, "patches_per_volume": 2, "workers": 1, "seed": 0}
+    val = {**{k: v for k, v in spec.items() if k not in ("patch_size", "patches_per_volume")},
+           "seed": 5}
+    plain = QSMDataModule(train=spec, val=val, batch_size=2)
+    other = QSMDataModule(train=spec, val={**val, "simulation_override": {"shape": [16, 16, 16]}},
+                          batch_size=2)
+    assert "simulation_override" not in other._val_spec()
+    other.prepare_data()
+    other.setup("fit")
+    plain.setup("fit")
+    assert other.val_set.folder != plain.val_set.folder
+    assert tuple(other.val_set[0].field.shape[-3:]) == (16, 16, 16)  # the whole overridden volume
+    assert plain.val_set.spec["simulation"][0]["shape"] != [16, 16, 16]
+
+
 def _phantom(shape=(24, 22, 20), geom=None):
     g = torch.Generator().manual_seed(1)
     chi = torch.nn.functional.avg_pool3d(torch.randn(1, 1, *shape, generator=g), 5, 1, 2) * 0.5

@@ -59,14 +59,21 @@ def extra_specs(train: dict, extra: dict | None) -> dict[str, dict]:
     main set keeps its own spec, and so its cache. Entries with ``volumes: 0`` are left out."""
     out = {}
     for name, over in (extra or {}).items():
-        over = dict(over or {})
-        sim_over = dict(over.pop("simulation_override", None) or {})
-        spec = {**train, **over}
-        if sim_over:
-            spec["simulation"] = [{**dict(e), **sim_over} for e in _entries(spec)]
+        spec = with_simulation_override({**train, **dict(over or {})})
         if int(spec.get("volumes", 1)) > 0:
             out[str(name)] = spec
     return out
+
+
+def with_simulation_override(spec: dict) -> dict:
+    """``spec`` with its ``simulation_override`` key (if any) merged into every simulation entry
+    and removed: how an extra training set, or validation on another profile, changes the
+    simulation while keeping the rest of the spec."""
+    spec = dict(spec)
+    sim_over = dict(spec.pop("simulation_override", None) or {})
+    if sim_over:
+        spec["simulation"] = [{**dict(e), **sim_over} for e in _entries(spec)]
+    return spec
 
 
 def _check_held_out(train: dict, val: dict | None, what: str = "validation") -> None:
@@ -100,6 +107,7 @@ class QSMDataModule(L.LightningDataModule):
             entry (:func:`extra_specs`): e.g. ``{"pathology": {"seed": 7010, "volumes": 48,
             "simulation_override": {"haemorrhage_prob": 1.0}}}``. Each has its own cache, so adding
             one leaves the main set's cache valid; its seeds must avoid validation's too.
+            ``val`` takes a ``simulation_override`` the same way (validation on another profile).
     """
 
     def __init__(self, train: dict | None = None, val: dict | None = None, batch_size: int = 4,
@@ -128,7 +136,7 @@ class QSMDataModule(L.LightningDataModule):
     def _val_spec(self) -> dict:
         """The validation spec, derived from the training one when not given."""
         if self.val_spec is not None:
-            return self.val_spec
+            return with_simulation_override(self.val_spec)
         spec = {**self.train_spec, "seed": int(self.train_spec.get("seed", 0)) + 1, "length": 16}
         if "cache_dir" in spec:  # 4 whole volumes, seeds past the training entries' (seed + k)
             spec["seed"] = int(self.train_spec.get("seed", 0)) + len(_entries(self.train_spec))
