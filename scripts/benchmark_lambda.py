@@ -146,12 +146,20 @@ def err(chi, c) -> float:
     return float(nrmse(chi.numpy(), c["chi"].numpy(), c.get("score_mask", c["mask"]).numpy()))
 
 
-def dense_sweep(solver: str, c: dict, grid=None, params=None) -> list[tuple[float, float]]:
+def dense_sweep(solver: str, c: dict, grid=None, params=None, cold: bool = False) -> list[tuple]:
     """(lambda, nRMSE) over the dense grid (``grid`` = (lo, hi, n[, iters]) or :data:`DENSE`),
-    warm-started where possible."""
+    warm-started where possible; ``cold``: every weight a full solve of the solver as a user calls
+    it (its own start and stopping rule), where a warm-started path can be trapped (NDI on a
+    haematoma)."""
     lo, hi, n = (grid or DENSE[solver])[:3]
     n = int(n)
     per = int(grid[3]) if grid and len(grid) > 3 else 40
+    if cold or solver == "tikhonov":
+        f = get_solver(solver)
+        return [
+            (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam), **(params or {})), c))
+            for lam in np.logspace(math.log10(lo), math.log10(hi), n)
+        ]
     if solver in ("tv", "medi"):
         from qsmnet.solvers.medi import edge_weights
         from qsmnet.solvers.tv import admm_tv
@@ -165,12 +173,6 @@ def dense_sweep(solver: str, c: dict, grid=None, params=None) -> list[tuple[floa
             )
             out.append((float(lam), err((chi * p.mask)[0, 0], c)))
         return out
-    if solver == "tikhonov":
-        f = get_solver("tikhonov")
-        return [
-            (float(lam), err(f(c["field"], c["mask"], c["geom"], lam=float(lam), **(params or {})), c))
-            for lam in np.logspace(math.log10(lo), math.log10(hi), n)
-        ]
     from qsmnet.solvers.ilsqr import cg_solve
     from qsmnet.solvers.ndi import DEFAULT_PHASE_SCALE, descend
 
@@ -185,12 +187,14 @@ def dense_sweep(solver: str, c: dict, grid=None, params=None) -> list[tuple[floa
     return out
 
 
-def run_solver(solver: str, c: dict, choosers, grid=None, timing: bool = True, params=None) -> list[dict]:
+def run_solver(
+    solver: str, c: dict, choosers, grid=None, timing: bool = True, params=None, cold: bool = False
+) -> list[dict]:
     from qsmnet.solvers.select import cone_power
 
     rho = cone_power(prepare(c["field"], c["mask"], c["geom"]))
     params = dict(params or {})
-    dense = dense_sweep(solver, c, grid, params)
+    dense = dense_sweep(solver, c, grid, params, cold)
     for lam_d, e_d in dense:
         print(f"{c['name']:32s} {solver:8s} dense lam {lam_d:<10.3g} nRMSE {e_d:6.2f}", flush=True)
     best_lam, best_err = min(dense, key=lambda r: r[1])
@@ -254,6 +258,8 @@ def main(argv=None) -> None:
     ap.add_argument("--names", nargs="*", help="benchmark v2 case names (default: all)")
     ap.add_argument("--qsm", nargs="*", metavar="DIR", help="simulated head folders run through run_qsm")
     ap.add_argument("--grid", nargs="+", type=float, metavar="LO HI N [ITERS]", help="dense grid override")
+    ap.add_argument("--cold", action="store_true",
+                    help="dense sweep of full solves (each weight from the solver's own start)")
     ap.add_argument("--no-timing", action="store_true", help="skip the reference solve at the best weight")
     ap.add_argument("--param", nargs="*", metavar="KEY=VALUE", help="solver parameters for every call")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -276,7 +282,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, params)
+            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, params, args.cold)
             if args.json:  # after every solver: a stopped run keeps what it measured
                 Path(args.json).write_text(json.dumps(rows, indent=1))
 
