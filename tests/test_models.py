@@ -112,6 +112,44 @@ def test_unet_pads_any_size_and_crops_back():
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_refine_head_grows_from_a_plain_unet(tmp_path):
+    """A full-resolution head added to trained weights starts as the identity, then acts voxel by voxel."""
+    kw = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 0}
+    old = perturbed(QSMUNet(**kw)).eval()
+    net = QSMUNet(refine_channels=4, **kw).eval()
+    grown = mio.load_grown(net, old.state_dict())
+    assert grown and all(k.startswith("refine.") for k in grown)
+    chi, mask = blobs(3)
+    f = DipoleOperator(OBLIQUE).A(chi)
+    with torch.no_grad():
+        before = old(f, mask, (OBLIQUE,))
+        torch.testing.assert_close(net(f, mask, (OBLIQUE,)), before, rtol=0, atol=0)
+        perturbed(net.refine, seed=1)
+        after = net(f, mask, (OBLIQUE,))
+    assert not torch.allclose(after, before)
+    # the head's receptive field is 7 voxels: a change of the input at one voxel moves the head's
+    # share of the output only within 3 voxels of it
+    with torch.no_grad():
+        x0 = torch.cat([f, torch.zeros_like(f), mask, torch.zeros_like(f)], 1)
+        x1 = x0.clone()
+        x1[0, 0, 7, 8, 6] += 1.0
+        d = (net.refine(x1) - net.refine(x0))[0, 0].abs()
+    far = torch.ones_like(d, dtype=torch.bool)
+    far[4:11, 5:12, 3:10] = False
+    assert d[~far].max() > 0 and d[far].max() == 0
+    # the grown network saves and loads like any other
+    cfg = {"_target_": "qsmnet.models.QSMUNet", "refine_channels": 4, **kw}
+    mio.save_weights(net, cfg, tmp_path / "r")
+    net2, _ = mio.load_network(tmp_path / "r")
+    with torch.no_grad():
+        torch.testing.assert_close(net2(f, mask, (OBLIQUE,)), after, rtol=0, atol=0)
+    # without the branch prefix a missing parameter is still an error
+    with pytest.raises(RuntimeError, match="Missing"):
+        mio.load_grown(QSMUNet(channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=0), old.state_dict())
+    with pytest.raises(ValueError, match="refine_channels"):
+        QSMUNet(refine_channels=-1, **kw)
+
+
 def test_geometry_shape_taken_from_tensor():
     """A patch carries its parent volume's geometry; the net uses only voxel size and B0 direction."""
     net = tiny(LPCNN)

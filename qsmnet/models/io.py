@@ -117,13 +117,20 @@ def load_grown(net: nn.Module, state: dict) -> list[str]:
     A tensor whose shape differs only in dim 1 (a convolution's input channels) and is larger in
     ``net`` gets the old weights in its first channels and zeros in the new ones, so the grown
     network computes exactly what the old one did until training uses the new inputs (e.g. a U-Net
-    given a guide channel, ``QSMUNet(guide_lambda=...)``). Anything else must match exactly.
+    given a guide channel, ``QSMUNet(guide_lambda=...)``). Parameters under the network's
+    ``grown_branches`` prefixes that ``state`` lacks (a branch whose output starts at zero, e.g.
+    ``QSMUNet(refine_channels=...)``) keep their initialisation. Anything else must match exactly.
 
     Returns:
         The names of the grown tensors.
     """
     own = net.state_dict()
     grown, fixed = [], {}
+    branches = tuple(getattr(net, "grown_branches", ()))
+    for k, t in own.items():
+        if k not in state and branches and k.startswith(branches):
+            fixed[k] = t  # a branch the old network lacks keeps its own (zero-started) initialisation
+            grown.append(k)
     for k, v in state.items():
         t = own.get(k)
         if t is not None and t.dim() == v.dim() >= 2 and t.shape[1] > v.shape[1] and \
