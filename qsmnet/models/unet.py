@@ -51,8 +51,9 @@ class QSMUNet(InitialEstimate, nn.Module):
             smooth on the scale of two voxels and blurs sharp edges the estimate already has (a
             haematoma's rim: +0.16 ppm one voxel outside, -0.13 one voxel inside on benchmark v2's
             haemorrhage head, where the Tikhonov estimate itself was within 0.03). The head is
-            three 3x3x3 convolutions at full resolution that see the U-Net's inputs and its
-            output and add to it; its last layer starts at zero, so a network grown from one
+            three convolutions at full resolution (3x3x3, 1x1x1, 3x3x3: a 5-voxel receptive
+            field, cheap next to the U-Net) that see the U-Net's inputs and its output and add
+            to it; its last layer starts at zero, so a network grown from one
             without the head (:func:`~qsmnet.models.io.load_grown`) first computes the same.
     """
 
@@ -131,7 +132,7 @@ def _refine_head(in_channels: int, width: int, act, norm) -> nn.Sequential:
         raise ValueError(f"refine_channels must be >= 0, got {width}")
     head = nn.Sequential(
         Convolution(3, in_channels + 1, width, act=act, norm=norm),
-        Convolution(3, width, width, act=act, norm=norm),
+        Convolution(3, width, width, kernel_size=1, act=act, norm=norm),
         Convolution(3, width, 1, conv_only=True),
     )
     nn.init.zeros_(head[-1].conv.weight)
