@@ -28,6 +28,8 @@ from scipy import ndimage
 
 from qsmnet.compare import load_cases
 from qsmnet.inference.methods import get_method
+from qsmnet.inference.runner import whole_volume_init
+from qsmnet.metrics import nrmse
 from qsmnet.sim.head import HEAD_LABELS
 
 SHELLS = (-6, -4, -3, -2, -1, 0, 1, 2, 3, 4, 6, 8)
@@ -69,9 +71,10 @@ def main(argv=None) -> None:
           f"{100 * (t[parts['inside']] ** 2).sum() / t2:.1f} % of the truth's energy")
     outs = {}
     if args.init_of:
-        net = get_method(args.init_of).net
-        with torch.no_grad():
-            est = net.initial_estimate(case.field[None, None], case.mask.float()[None, None], case.geometry)
+        est = whole_volume_init(get_method(args.init_of).net, case.field[None, None],
+                                case.mask.float()[None, None], case.geometry)
+        if est is None:
+            raise SystemExit(f"error: {args.init_of} computes its start inside the network; no --init-of")
         outs["init"] = est[:, :1]
     for name in args.methods:
         outs[Path(name).stem] = get_method(name)(case.field, case.mask.float(), case.geometry)
@@ -81,7 +84,7 @@ def main(argv=None) -> None:
         errs[name] = x - x[m].mean() - t
         e2 = errs[name] ** 2
         shares = ", ".join(f"{k} {v:.1f}" for k, v in split(e2, t2, parts).items())
-        print(f"{name:>16s}: nRMSE {100 * np.sqrt(e2[m].sum() / t2):.1f} % ({shares})")
+        print(f"{name:>16s}: nRMSE {nrmse(x, case.chi.numpy(), m):.1f} % ({shares})")
     print("shell (voxels from the edge)  n  truth | " + " | ".join(f"{k}: bias rms" for k in errs))
     for lo in SHELLS:
         sel = ((sd >= lo) & (sd < lo + 1) if lo != SHELLS[0] else sd < lo + 1) & m
