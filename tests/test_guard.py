@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import json
 
-def test_default_method_is_tv():
-    """No shipped network is cleared as the default: they lose to TKD on real data (issue 17)."""
-    from qsmnet.inference.methods import default_method, default_ready, shipped_networks
+import nibabel as nib
+import numpy as np
+import pytest
+import qsm_forward
+import torch
 
-    assert not [n for n in shipped_networks() if default_ready(n)]
-    assert default_method(quiet=True) == "tv"
-
-
-import json  # noqa: E402
-
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import qsm_forward  # noqa: E402
-import torch  # noqa: E402
-
-from qsmnet.inference.guard import DEFAULT_LIMITS, GuardedMethod, assess  # noqa: E402
-from qsmnet.physics import Geometry  # noqa: E402
-from qsmnet.solvers import SOLVERS  # noqa: E402
+from qsmnet.inference.guard import DEFAULT_LIMITS, GuardedMethod, assess
+from qsmnet.physics import Geometry
+from qsmnet.solvers import SOLVERS
 
 N = 21
 
@@ -118,3 +109,27 @@ def test_predict_fallback_writes_guard_in_sidecar(tmp_path, capsys):
     said = capsys.readouterr().out  # the summary line names the fallback when it was returned
     assert ("flagged out of domain, tv returned" in said) == (side["guard"]["returned"] == "tv"), said
     assert set(side["guard"]["stats"]) >= {"residual", "std_ratio", "cone_ratio", "correlation"}
+
+
+def test_default_network_runs_under_its_guard(blob, tmp_path, monkeypatch):
+    """"default" is TV while no network is cleared; a network cleared as the default
+    (``default_ready``) runs under its out-of-domain guard with TV as the fallback wherever
+    "default" is asked for, and bare when called by its name."""
+    from qsmnet.inference.methods import DEFAULT_ALIAS, default_method, load_method
+    from qsmnet.models import io as mio
+
+    shipped = tmp_path / "w"
+    monkeypatch.setattr(mio, "WEIGHTS_DIR", shipped)
+    assert (load_method(DEFAULT_ALIAS).name, load_method(DEFAULT_ALIAS).kind) == ("tv", "solver")
+    cfg = {"_target_": "qsmnet.models.QSMUNet", "channels": [4, 8], "strides": [2], "num_res_units": 0}
+    # limits no prediction can meet (correlation above 1), so the guard flags every answer
+    extra = {"default_ready": True, "guard": {"correlation": [1.01, None]}}
+    mio.save_weights(mio.build_network(cfg), cfg, shipped / "unet", extra=extra)
+    assert default_method(quiet=True) == "unet"
+    m = load_method(DEFAULT_ALIAS)
+    assert m.kind == "network" and isinstance(m.fn, GuardedMethod) and m.fn.fallback == "tv"
+    assert not isinstance(load_method("unet").fn, GuardedMethod)
+    f, msk, g = blob
+    res = m(f, msk, g, flips=1)
+    assert res.info["guard"]["returned"] == "tv" and not res.info["guard"]["in_domain"]
+    assert torch.allclose(res.chi, SOLVERS["tv"](f, msk, g))

@@ -19,7 +19,7 @@ def _value(v) -> str:
 def run(args) -> int:
     import json
 
-    from qsmnet.inference.methods import default_method, method_table
+    from qsmnet.inference.methods import FALLBACK_METHOD, default_method, method_table
 
     rows = method_table()
     default = default_method(quiet=True)
@@ -28,7 +28,8 @@ def run(args) -> int:
         return 0
     width = max(len(r["name"]) for r in rows) + 2
     for r in rows:
-        tags = [r["kind"]] + (["default"] if r["name"] == default else []) + (
+        tags = [r["kind"]] + ([f"default (guarded, {FALLBACK_METHOD} when flagged)" if r["kind"] == "network"
+                               else "default"] if r["name"] == default else []) + (
             ["experimental"] if r["experimental"] else [])  # fmt: skip
         print(f"{r['name']:<{width}}{', '.join(tags)}: {r['description']}")
         params = " ".join(f"{k}={_value(v)}" for k, v in r["defaults"].items())

@@ -147,7 +147,7 @@ def with_fallback(method, fallback: str | None):
     """``method`` under the out-of-domain guard with ``--fallback``'s solver, or as given without one."""
     if not fallback:
         return method
-    from qsmnet.inference.guard import guarded
+    from qsmnet.inference.methods import guarded
 
     return guarded(method, fallback)
 

@@ -10,9 +10,11 @@ into ``{label: {"method": registered name, **params}}``:
 - a mapping's ``method`` may also be a callable: a :class:`~qsmnet.inference.contract.Method`, or a
   function ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (e.g. a freshly trained
   network wrapped in a function, in a notebook), which gets the contract's adapter;
-- the special name ``default``, which stands for :data:`qsmnet.inference.DEFAULT_METHOD` (the
-  shipped default network once one is registered) and is labelled with that name; it is dropped
-  when that method is listed anyway with the same parameters.
+- the special name ``default``, which stands for what ``qsmnet predict`` runs without ``--method``:
+  a solver default (``tv`` while no network is cleared) by its name, labelled with it and dropped
+  when that solver is listed anyway with the same parameters; a default network under its
+  out-of-domain guard (method ``default``, :func:`qsmnet.inference.methods.load_default`), labelled
+  ``<network>+guard`` so that it can sit beside the bare network.
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ def _plain(x):
     return x
 
 
-def _resolve_name(name: str) -> str:
+def _default_spec() -> tuple[str, str]:
+    """(label, method) that ``default`` stands for (see the module docstring)."""
     from qsmnet.inference import DEFAULT_METHOD
+    from qsmnet.solvers import SOLVERS
 
-    return DEFAULT_METHOD if name == DEFAULT_ALIAS else name
+    if DEFAULT_METHOD in SOLVERS:
+        return DEFAULT_METHOD, DEFAULT_METHOD
+    return f"{DEFAULT_METHOD}+guard", DEFAULT_ALIAS
 
 
 def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]:
@@ -65,8 +71,9 @@ def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]
         spec = dict(spec or {})
         alias = label == DEFAULT_ALIAS or spec.get("method") == DEFAULT_ALIAS
         method = spec.pop("method", label)
-        method = method if callable(method) else _resolve_name(str(method))
-        label = method if label == DEFAULT_ALIAS else str(label)
+        default_label, default = _default_spec() if alias else (None, None)
+        method = method if callable(method) else default if method == DEFAULT_ALIAS else str(method)
+        label = default_label if label == DEFAULT_ALIAS else str(label)
         if label in out and (alias or label in from_alias) and out[label] == {"method": method, **spec}:
             return  # `default` is a method listed anyway (e.g. before a network is registered)
         if alias:
@@ -97,7 +104,7 @@ def normalise_methods(methods, params: Mapping | None = None) -> dict[str, dict]
     if not out:
         raise QSMNetError("no methods to compare: give at least one, e.g. methods=[tkd,tv]")
     for label, extra in params.items():
-        label = _resolve_name(str(label)) if str(label) == DEFAULT_ALIAS else str(label)
+        label = _default_spec()[0] if str(label) == DEFAULT_ALIAS else str(label)
         if label not in out:
             raise QSMNetError(f"params given for {label!r}, which is not among the methods {list(out)}")
         out[label].update(dict(extra or {}))

@@ -133,12 +133,11 @@ def predict_many(
     """
     from tqdm import tqdm
 
-    from .methods import default_method, load_method
+    from .methods import DEFAULT_ALIAS, load_method
     from .pipeline import predict_file, resolve_device
 
     report = report or (lambda line: print(line, file=sys.stderr))
-    name = default_method() if method is None or method == "default" else method
-    fn = load_method(name)
+    fn = load_method(DEFAULT_ALIAS if method is None else method)
     kwargs["device"] = resolve_device(kwargs.get("device", "auto"))
     params = dict(kwargs.pop("params", None) or {})
     if params.get("half") and kwargs["device"].type != "cuda":

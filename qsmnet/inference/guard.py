@@ -162,15 +162,3 @@ class GuardedMethod:
         info["guard"] = verdict
         return chi
 
-
-def guarded(method, fallback: str | None = "tv"):
-    """``method`` (a name, path or callable for :func:`~qsmnet.inference.methods.load_method`)
-    under the method contract, its network call wrapped in a :class:`GuardedMethod`; solvers are
-    returned unchanged."""
-    from .contract import Adapter
-    from .methods import DEFAULT_ALIAS, load_method
-
-    m = load_method(DEFAULT_ALIAS if method is None else method)
-    if m.kind != "network":
-        return m
-    return Adapter(GuardedMethod(m.fn, fallback), m.name, m.kind, m.description, experimental=m.experimental)

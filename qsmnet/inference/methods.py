@@ -8,8 +8,9 @@ callable ``fn(field, mask, geometry, *, info=None, **params) -> chi`` (ppm) that
 - a shipped network, by the name of its weights in ``qsmnet/weights`` (``"unet"``, ``"lpcnn"``),
   wrapped in a :class:`~qsmnet.inference.network.NetworkMethod`;
 - a network file (``.safetensors`` with its ``.json``, or a Lightning ``.ckpt``), by path;
-- ``"default"``: :func:`default_method`, the best shipped network that beats TV on the benchmark
-  (``tv`` until one does).
+- ``"default"``: :func:`default_method`, the best shipped network cleared as the default
+  (``default_ready``; ``tv`` when none is). :func:`load_method` gives it under its out-of-domain
+  guard with TV as the fallback (:func:`load_default`); :func:`get_method` gives the bare network.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from qsmnet.errors import QSMNetError
 #: Shipped networks in order of preference (best benchmark first); :func:`default_method` picks the
 #: first one present and marked ``default_ready``.
 PREFERRED_NETWORKS = ("cascade3_tv", "cascade_tv", "unet_tv", "varnet_tv", "unet_head", "unet", "lpcnn")
-#: Method used when no network weights are shipped.
+#: Method used when no network weights are shipped, and the solver whose answer replaces the
+#: default network's when its out-of-domain guard flags it (:func:`load_default`).
 FALLBACK_METHOD = "tv"
 #: The name that stands for :func:`default_method`.
 DEFAULT_ALIAS = "default"
@@ -117,8 +119,9 @@ def load_method(name: str | os.PathLike | Callable):
 
     if isinstance(name, Adapter):
         return name
-    text = default_method() if isinstance(name, str) and name == DEFAULT_ALIAS else name
-    fn = get_method(text)
+    if isinstance(name, str) and name == DEFAULT_ALIAS:
+        return load_default()
+    fn = get_method(name)
     from .network import NetworkMethod
 
     if isinstance(fn, NetworkMethod):
@@ -129,6 +132,28 @@ def load_method(name: str | os.PathLike | Callable):
     if solver:
         return Adapter(fn, solver, "solver")
     return Adapter(fn, getattr(fn, "__name__", type(fn).__name__), "function")
+
+
+def guarded(method, fallback: str | None = FALLBACK_METHOD):
+    """``method`` (a name, path or callable for :func:`load_method`; None or ``"default"``: the
+    :func:`default_method`) under the method contract, its network call wrapped in a
+    :class:`~qsmnet.inference.guard.GuardedMethod` with ``fallback`` (None: report only); solvers
+    are returned unchanged."""
+    from .contract import Adapter
+    from .guard import GuardedMethod
+
+    m = load_method(default_method() if method is None or method == DEFAULT_ALIAS else method)
+    if m.kind != "network":
+        return m
+    return Adapter(GuardedMethod(m.fn, fallback), m.name, m.kind, m.description, experimental=m.experimental)
+
+
+def load_default(fallback: str | None = FALLBACK_METHOD):
+    """The default method under the contract (what ``"default"`` and ``qsmnet predict`` without
+    ``--method`` run): the network :func:`default_method` names, under its out-of-domain guard
+    (:func:`guarded`) with ``fallback``'s answer replacing a flagged prediction; or
+    :data:`FALLBACK_METHOD` itself when no network is cleared."""
+    return guarded(None, fallback)
 
 
 def method_table() -> list[dict]:

@@ -195,7 +195,8 @@ def predict_file(
         mask_path: brain mask on the field's grid (non-zero inside).
         out_path: output chi NIfTI (ppm, the field's grid and affine); ``<stem>.json`` beside it.
         method: a name or path for :func:`get_method`, an already loaded method (reuse one network
-            over many subjects), or None for :func:`default_method`.
+            over many subjects), or None for the default (:func:`.methods.load_default`: the
+            default network under its out-of-domain guard, TV's answer when it flags).
         params: method parameters (e.g. ``{"lam": 5e-5}`` for tv, ``{"refine": 5}`` for a network).
         units: the field's units, ``ppm``, ``hz`` (needs ``b0``) or ``rad`` (needs ``b0``, ``te``).
         b0: field strength (T).
@@ -225,8 +226,7 @@ def predict_file(
         check_output(residual_map, force)
         if str(residual_map) == str(out_path):
             raise QSMNetError("--residual-map must differ from the output path")
-    name = default_method() if method is None or method == DEFAULT_ALIAS else method
-    fn = load_method(name)
+    fn = load_method(DEFAULT_ALIAS if method is None else method)
     label = fn.name
     params = dict(params or {})
     fn.check_params(params)

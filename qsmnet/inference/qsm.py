@@ -7,8 +7,8 @@ Steps (each a function of :mod:`qsmnet.phase`, timed and logged through :mod:`lo
    (``ppm = Hz / (42.577478 * B0)``);
 3. ``background``: :func:`~qsmnet.phase.vsharp` (default) or :func:`~qsmnet.phase.pdf`
    (weighted by the inverse field std) -> local field (ppm) and the mask where it is valid;
-4. ``inversion``: any method of :func:`qsmnet.inference.methods.load_method` (default ``tv``) on
-   the local field, mask and geometry;
+4. ``inversion``: any method of :func:`qsmnet.inference.methods.load_method` on the local field,
+   mask and geometry (default ``"default"``: the default network under its out-of-domain guard);
 5. ``reference``: :func:`~qsmnet.phase.reference` (mean over the mask, or a given CSF mask).
 
 The report lists every step with its function, parameters, numbers and seconds, plus the inputs
@@ -30,8 +30,9 @@ from qsmnet.physics import Geometry, hz_to_ppm
 
 log = logging.getLogger("qsmnet.qsm")
 
-#: Default dipole-inversion method of the pipeline (the project's best on real data so far).
-QSM_METHOD = "tv"
+#: Default dipole-inversion method of the pipeline: ``"default"``, the default network under its
+#: out-of-domain guard (TV when it flags, or when no network is cleared; :func:`.methods.load_default`).
+QSM_METHOD = "default"
 UNWRAPPERS = ("quality", "laplacian")
 BFR_METHODS = ("vsharp", "pdf")
 
