@@ -9,8 +9,9 @@ HELP = "simulate a brain phantom; compare every shipped network with TKD, Tikhon
 #: What the demo does, in the words every document uses.
 DESCRIPTION = (
     "simulates a seeded 64³ brain phantom (1.5 mm voxels, axial B0, 0.002 ppm noise), reconstructs it "
-    "with the default method first (TV), then every shipped network, TKD and Tikhonov, prints the metrics "
-    "table and "
+    "with the default method first (`unet_head+guard`: the default network under its out-of-domain guard, "
+    "which flags this small white-noise phantom and returns TV's answer), then every shipped network, TKD, "
+    "Tikhonov and TV, prints the metrics table and "
     "writes it to ./qsmnet-demo/ with the figure demo.png (χ in a ±0.15 ppm window, error maps) and the "
     "input NIfTIs"
 )

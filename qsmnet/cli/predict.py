@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--bids", metavar="DIR", help="BIDS-like folder: *_Localfield.nii* + *_mask.nii* per "
                       "subject -> DIR/derivatives/qsmnet/sub-*/.../*_Chimap.nii.gz")  # fmt: skip
     parser.add_argument("--method", default=None, help=f"a shipped network or a solver ({_SOLVERS}); "
-                        "default: the best shipped network (tv if none)")  # fmt: skip
+                        "default: the network cleared as the default, under its out-of-domain guard "
+                        "(tv's answer when it flags; tv if none is cleared)")  # fmt: skip
     parser.add_argument(
         "--checkpoint", metavar="PATH", help="network weights (.safetensors + .json, or .ckpt)"
     )
@@ -135,7 +136,8 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     )
     n.add_argument("--refine-lr", type=_positive(float), help="learning rate of --refine (default 1e-4)")
     n.add_argument("--fallback", choices=("tv",), help="check each network prediction with the "
-                   "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged")
+                   "out-of-domain guard (qsmnet.inference.guard); return this solver's answer if flagged "
+                   "(always on for the default method)")
     n.add_argument("--dc", type=_dc_weight, metavar="MU", help="final data-consistency step: minimise "
                    "||M(D chi - f)||^2 + MU ||chi - chi_net||^2; MU a weight (e.g. 0.3) or 'auto' (chosen "
                    "per case from the network's residual, none when it has no heavy tail); default: no step")

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--b0", type=float, metavar="TESLA", help="field strength (default: sidecar)")
     parser.add_argument(
-        "--method", default=None, help="inversion method: a solver or shipped network (default tv)"
+        "--method", default=None, help="inversion method: a solver or shipped network (default: as qsmnet "
+        "predict's, the default network under its out-of-domain guard, else tv)"
     )
     parser.add_argument(
         "--unwrap",
