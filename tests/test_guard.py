@@ -10,6 +10,7 @@ import pytest
 import qsm_forward
 import torch
 
+from qsmnet.errors import QSMNetError
 from qsmnet.inference.guard import DEFAULT_LIMITS, GuardedMethod, assess
 from qsmnet.physics import Geometry
 from qsmnet.solvers import SOLVERS
@@ -129,6 +130,8 @@ def test_default_network_runs_under_its_guard(blob, tmp_path, monkeypatch):
     m = load_method(DEFAULT_ALIAS)
     assert m.kind == "network" and isinstance(m.fn, GuardedMethod) and m.fn.fallback == "tv"
     assert not isinstance(load_method("unet").fn, GuardedMethod)
+    with pytest.raises(QSMNetError, match=r"lam \(it is the default method; .* --method tv\)"):
+        m.check_params({"lam": 1e-3})  # a solver option given without --method
     f, msk, g = blob
     res = m(f, msk, g, flips=1)
     assert res.info["guard"]["returned"] == "tv" and not res.info["guard"]["in_domain"]

@@ -102,7 +102,12 @@ class Adapter:
         kind: ``"solver"``, ``"network"`` or ``"function"``.
         description: one line for ``qsmnet methods``.
         experimental: True for methods not cleared for use on patients (a warning is shown).
+
+    ``hint`` (default empty) is appended to :meth:`check_params`'s error: the default method sets
+    it, so that a solver option given without ``--method`` says which method refused it.
     """
+
+    hint = ""
 
     def __init__(self, fn: Callable, name: str, kind: str, description: str = "", experimental: bool = False):
         self.fn, self.name, self.kind = fn, str(name), kind
@@ -125,7 +130,7 @@ class Adapter:
         """Raise :class:`QSMNetError` naming any parameter the method does not take."""
         bad = sorted(k for k in params if k in RESERVED or not (self._open or k in self._defaults))
         if bad:
-            raise QSMNetError(f"method {self.name!r} does not take parameter(s) {', '.join(bad)}")
+            raise QSMNetError(f"method {self.name!r} does not take parameter(s) {', '.join(bad)}{self.hint}")
 
     def check_geometry(self, geometry: Geometry) -> list[str]:
         """Warnings (one line each) about a geometry outside what the method was made for."""

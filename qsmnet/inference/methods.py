@@ -153,7 +153,12 @@ def load_default(fallback: str | None = FALLBACK_METHOD):
     ``--method`` run): the network :func:`default_method` names, under its out-of-domain guard
     (:func:`guarded`) with ``fallback``'s answer replacing a flagged prediction; or
     :data:`FALLBACK_METHOD` itself when no network is cleared."""
-    return guarded(None, fallback)
+    m = guarded(None, fallback)
+    if m.kind == "network":
+        m.hint = (
+            f" (it is the default method; for solver options name a solver, e.g. --method {FALLBACK_METHOD})"
+        )
+    return m
 
 
 def method_table() -> list[dict]:
