@@ -23,7 +23,7 @@ import torch
 
 from qsmnet.compare import load_cases
 from qsmnet.inference.guard import GuardedMethod
-from qsmnet.inference.methods import get_method
+from qsmnet.inference.methods import FALLBACK_METHOD, get_method
 from qsmnet.metrics import nrmse
 from qsmnet.solvers import SOLVERS
 
@@ -40,7 +40,8 @@ def report_case(method: GuardedMethod, name: str, case) -> dict:
     g = info["guard"]
     row = {"case": name, "in_domain": g["in_domain"], "reasons": g["reasons"],
            **{k: g["stats"][k] for k in STATS}, "network": score(chi)}  # fmt: skip
-    row["guarded"] = row["network"] if g["in_domain"] else score(SOLVERS["tv"](case.field, m, case.geometry))
+    fallback = SOLVERS[FALLBACK_METHOD]  # what the default returns when the guard flags
+    row["guarded"] = row["network"] if g["in_domain"] else score(fallback(case.field, m, case.geometry))
     row["tkd"] = score(SOLVERS["tkd"](case.field, m, case.geometry))
     return row
 
