@@ -1,0 +1,134 @@
+"""Two parameter-free choosers for Tikhonov's gradient weight, against each case's dense-sweep best.
+
+Neither is in the package; this script measures them (docs/regularisation.md, "Two
+parameter-free choosers for Tikhonov, measured", session 25). Both work on the padded grid
+the solver uses, in k-space, with no solve:
+
+* **GCV** (generalised cross-validation): the weight minimising
+  ``||(I - H) f||^2 / trace(I - H)^2``, with ``H = D^2 / (D^2 + lam |k|^2)`` the closed form's
+  influence filter (circular, by Parseval).
+* **Wiener balance**: in a shell of |k| (a fraction of the coarsest axis' Nyquist), the error power
+  ``S_e`` is the field's mean power on the cone (|D| < 0.05), the susceptibility power ``S_chi`` is
+  ``mean((|F f|^2 - S_e) / D^2)`` far from it (|D| > 0.3), and the weight is
+  ``S_e / (S_chi mean|k|^2)``: the gradient weight at which the closed form is the Wiener filter
+  in that shell.
+
+For cases with a truth the best weight comes from a dense sweep of closed-form solves (37
+weights 1e-3..3, nRMSE in the mask), and the package's rule (``lam="auto"``) is printed beside::
+
+    OMP_NUM_THREADS=2 python scripts/tikhonov_choosers.py --v2 data/benchmark_v2
+    OMP_NUM_THREADS=2 python scripts/tikhonov_choosers.py --realistic 0:160:1:0 1:160:1x1x2:30
+    OMP_NUM_THREADS=2 python scripts/tikhonov_choosers.py --real /work/shared/realdata/hemorrhage_3t
+
+(``--realistic``: the 160^3 brains of ``benchmark_lambda.py``; ``--real``: folders with
+``phase_rad.nii.gz``, ``phase_rad.json`` and ``mask.nii.gz``, no truth, so no sweep.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from qsmnet.metrics import nrmse  # noqa: E402
+from qsmnet.solvers import select  # noqa: E402
+from qsmnet.solvers import tikhonov as tik  # noqa: E402
+from qsmnet.solvers.base import prepare, safe_reciprocal  # noqa: E402
+
+V2_NAMES = ("head1_axial_1mm head1_oblique45_1mm head1_axial_1x1x2 head2_axial_1mm head2_oblique45_1mm "
+            "head2_axial_1x1x2 path1_axial_1mm path1_oblique30_1mm crop1_axial_0.6mm").split()
+#: shells for the Wiener balance, as fractions of the coarsest axis' Nyquist
+SHELLS = ((0.1, 0.2), (0.2, 0.35), (0.35, 0.5), (0.5, 0.75))
+GRID = (1e-3, 3.0, 37)
+
+
+def load(args) -> list[dict]:
+    import benchmark_lambda as bl
+
+    ns = argparse.Namespace(realistic=args.realistic, cases=None, qsm=None, benchmark=None, model_error=0.6,
+                            only=None, v2=args.v2, names=args.names or V2_NAMES)
+    cases = bl.load_cases(ns)
+    for folder in args.real or []:
+        import lambda_realdata as lr
+
+        f, m, g = lr.load(Path(folder))
+        cases.append(dict(name=Path(folder).name, field=torch.as_tensor(f).float(),
+                          mask=torch.as_tensor(m).float(), geom=g, chi=None))
+    return cases
+
+
+def kspace(q):
+    """Kernel, |k|^2 symbol, field power with rfft multiplicities, |k| in cycles/mm (batch of one)."""
+    d = q.op.kernel[0, 0]
+    r2 = tik._penalty(q, "gradient", 0.0)[0, 0]
+    power = torch.fft.rfftn(q.field[0, 0]).abs().square()
+    w = torch.full(d.shape, 2.0)
+    w[..., 0] = 1
+    if q.field.shape[-1] % 2 == 0:
+        w[..., -1] = 1
+    shape, vs = q.field.shape[-3:], q.geometries[0].voxel_size
+    freqs = [torch.fft.fftfreq(shape[0], vs[0]), torch.fft.fftfreq(shape[1], vs[1]),
+             torch.fft.rfftfreq(shape[2], vs[2])]
+    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
+    return d, r2, power, w, torch.sqrt(kx**2 + ky**2 + kz**2), 0.5 / max(vs)
+
+
+def gcv(d, r2, power, w, grid) -> float:
+    scores = []
+    for lam in grid:
+        h = d * d * safe_reciprocal(d * d + lam * r2)
+        scores.append(float(((1 - h) ** 2 * power * w).sum()) / float(((1 - h) * w).sum()) ** 2)
+    return grid[min(range(len(grid)), key=scores.__getitem__)]
+
+
+def wiener(d, r2, power, k, kmax, shell) -> float:
+    s = (k >= shell[0] * kmax) & (k < shell[1] * kmax)
+    cone, far = s & (d.abs() < 0.05), s & (d.abs() > 0.3)
+    s_e = float(power[cone].mean())
+    s_chi = float(((power[far] - s_e).clamp_min(0) / d[far] ** 2).mean())
+    return s_e / (s_chi * float(r2[far].mean()))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--v2", metavar="DIR", help="benchmark v2 folder")
+    ap.add_argument("--names", nargs="+", help=f"v2 cases (default: {' '.join(V2_NAMES)})")
+    ap.add_argument("--realistic", nargs="+", metavar="SEED:SIZE:VOXEL:TILT")
+    ap.add_argument("--real", nargs="+", metavar="DIR")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args(argv)
+    grid = select.log_grid(*GRID)
+    rows = []
+    for c in load(args):
+        p = prepare(c["field"], c["mask"], c["geom"])
+        q = tik.pad_problem(p, tik.padding(p.mask, tik.PAD))
+        d, r2, power, w, k, kmax = kspace(q)
+        row = dict(case=c["name"], rho=select.cone_power(q), auto=tik.model_weight(q, "gradient"),
+                   gcv=gcv(d, r2, power, w, grid), wiener={f"{a}-{b}": wiener(d, r2, power, k, kmax, (a, b))
+                                                           for a, b in SHELLS})
+        if c.get("chi") is not None:
+            x, y, z = p.field.shape[-3:]
+            errs = []
+            for lam in grid:
+                filt = tik._filter(q, torch.tensor(lam), "gradient", 0.0)
+                chi = q.op.filter(q.field, filt)[..., :x, :y, :z]
+                errs.append(float(nrmse((chi[0, 0] * p.mask[0, 0]).numpy(), c["chi"].numpy(),
+                                        c["mask"].numpy())))
+            i = min(range(len(grid)), key=errs.__getitem__)
+            row.update(best=grid[i], best_nrmse=errs[i], sweep=list(zip(grid, errs, strict=True)))
+        rows.append(row)
+        best = f"best {row['best']:.4f} ({row['best_nrmse']:.2f})  " if "best" in row else ""
+        wien = " ".join(f"{v:.4f}" for v in row["wiener"].values())
+        print(f"{row['case']:32s} rho {row['rho']:.3f}  {best}auto {row['auto']:.4f}  gcv {row['gcv']:.4f}  "
+              f"wiener {wien}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
