@@ -40,8 +40,8 @@ from qsmnet.solvers import select  # noqa: E402
 from qsmnet.solvers import tikhonov as tik  # noqa: E402
 from qsmnet.solvers.base import prepare, safe_reciprocal  # noqa: E402
 
-V2_NAMES = ("head1_axial_1mm head1_oblique45_1mm head1_axial_1x1x2 head2_axial_1mm head2_oblique45_1mm "
-            "head2_axial_1x1x2 path1_axial_1mm path1_oblique30_1mm crop1_axial_0.6mm").split()
+#: benchmark v2 tiers scored by default (their cases are read from the set's cases.json)
+V2_TIERS = ("realistic", "pathology", "hires")
 #: shells for the Wiener balance, as fractions of the coarsest axis' Nyquist
 SHELLS = ((0.1, 0.2), (0.2, 0.35), (0.35, 0.5), (0.5, 0.75))
 GRID = (1e-3, 3.0, 37)
@@ -50,8 +50,12 @@ GRID = (1e-3, 3.0, 37)
 def load(args) -> list[dict]:
     import benchmark_lambda as bl
 
+    names = args.names
+    if args.v2 and not names:
+        tiers = json.loads((Path(args.v2) / "cases.json").read_text())["cases"]
+        names = [n for n, c in tiers.items() if c["tier"] in V2_TIERS]
     ns = argparse.Namespace(realistic=args.realistic, cases=None, qsm=None, benchmark=None, model_error=0.6,
-                            only=None, v2=args.v2, names=args.names or V2_NAMES)
+                            only=None, v2=args.v2, names=names)
     cases = bl.load_cases(ns)
     for folder in args.real or []:
         import lambda_realdata as lr
@@ -63,19 +67,13 @@ def load(args) -> list[dict]:
 
 
 def kspace(q):
-    """Kernel, |k|^2 symbol, field power with rfft multiplicities, |k| in cycles/mm (batch of one)."""
+    """Kernel, |k|^2 symbol, the field's half spectrum and the rfft multiplicities (batch of one)."""
     d = q.op.kernel[0, 0]
-    r2 = tik._penalty(q, "gradient", 0.0)[0, 0]
-    power = torch.fft.rfftn(q.field[0, 0]).abs().square()
     w = torch.full(d.shape, 2.0)
     w[..., 0] = 1
     if q.field.shape[-1] % 2 == 0:
         w[..., -1] = 1
-    shape, vs = q.field.shape[-3:], q.geometries[0].voxel_size
-    freqs = [torch.fft.fftfreq(shape[0], vs[0]), torch.fft.fftfreq(shape[1], vs[1]),
-             torch.fft.rfftfreq(shape[2], vs[2])]
-    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
-    return d, r2, power, w, torch.sqrt(kx**2 + ky**2 + kz**2), 0.5 / max(vs)
+    return d, q.laplacian()[0, 0], torch.fft.rfftn(q.field[0, 0]), w
 
 
 def gcv(d, r2, power, w, grid) -> float:
@@ -97,7 +95,7 @@ def wiener(d, r2, power, k, kmax, shell) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--v2", metavar="DIR", help="benchmark v2 folder")
-    ap.add_argument("--names", nargs="+", help=f"v2 cases (default: {' '.join(V2_NAMES)})")
+    ap.add_argument("--names", nargs="+", help=f"v2 cases (default: the tiers {', '.join(V2_TIERS)})")
     ap.add_argument("--realistic", nargs="+", metavar="SEED:SIZE:VOXEL:TILT")
     ap.add_argument("--real", nargs="+", metavar="DIR")
     ap.add_argument("--json", help="write the rows here")
@@ -107,17 +105,18 @@ def main(argv=None) -> None:
     for c in load(args):
         p = prepare(c["field"], c["mask"], c["geom"])
         q = tik.pad_problem(p, tik.padding(p.mask, tik.PAD))
-        d, r2, power, w, k, kmax = kspace(q)
+        d, r2, f_hat, w = kspace(q)
+        power = f_hat.abs().square()
+        k, kmax = select.spatial_frequency(q)
         row = dict(case=c["name"], rho=select.cone_power(q), auto=tik.model_weight(q, "gradient"),
                    gcv=gcv(d, r2, power, w, grid), wiener={f"{a}-{b}": wiener(d, r2, power, k, kmax, (a, b))
                                                            for a, b in SHELLS})
         if c.get("chi") is not None:
             x, y, z = p.field.shape[-3:]
             errs = []
-            for lam in grid:
-                filt = tik._filter(q, torch.tensor(lam), "gradient", 0.0)
-                chi = q.op.filter(q.field, filt)[..., :x, :y, :z]
-                errs.append(float(nrmse((chi[0, 0] * p.mask[0, 0]).numpy(), c["chi"].numpy(),
+            for lam in grid:  # the closed form from the one spectrum above: one inverse FFT per weight
+                chi = torch.fft.irfftn(f_hat * (d * safe_reciprocal(d * d + lam * r2)), s=tuple(q.op.shape))
+                errs.append(float(nrmse((chi[:x, :y, :z] * p.mask[0, 0]).numpy(), c["chi"].numpy(),
                                         c["mask"].numpy())))
             i = min(range(len(grid)), key=errs.__getitem__)
             row.update(best=grid[i], best_nrmse=errs[i], sweep=list(zip(grid, errs, strict=True)))

@@ -147,14 +147,9 @@ class Sweep:
         return rec
 
 
-def frequency_masks(
-    p: Problem, cone_d: float = CONE_D, far_d: float = FAR_D
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean half-spectrum masks (X, Y, Z // 2 + 1): on the cone and far from it, in the |k| band.
-
-    Built from the operator's dipole kernel ``D(k)`` (first geometry) and the physical spatial
-    frequencies (cycles/mm); the band is :data:`BAND` of the smallest Nyquist frequency.
-    """
+def spatial_frequency(p: Problem) -> tuple[torch.Tensor, float]:
+    """``(|k|, nyquist)``: |k| (cycles/mm) on the operator's half spectrum (X, Y, Z // 2 + 1) for the
+    first geometry, and the smallest of its axes' Nyquist frequencies (cycles/mm)."""
     g = p.op.geometries[0]
     shape = tuple(p.op.shape)
     freqs = [
@@ -162,8 +157,19 @@ def frequency_masks(
     ]
     freqs.append(torch.fft.rfftfreq(shape[2], d=g.voxel_size[2], device=p.device))
     kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
-    k = torch.sqrt(kx * kx + ky * ky + kz * kz)
-    nyq = min(0.5 / v for v in g.voxel_size)
+    return torch.sqrt(kx * kx + ky * ky + kz * kz), min(0.5 / v for v in g.voxel_size)
+
+
+def frequency_masks(
+    p: Problem, cone_d: float = CONE_D, far_d: float = FAR_D
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean half-spectrum masks (X, Y, Z // 2 + 1): on the cone and far from it, in the |k| band.
+
+    Built from the operator's dipole kernel ``D(k)`` (first geometry) and the physical spatial
+    frequencies (cycles/mm, :func:`spatial_frequency`); the band is :data:`BAND` of the smallest
+    Nyquist frequency.
+    """
+    k, nyq = spatial_frequency(p)
     band = (k >= BAND[0] * nyq) & (k <= BAND[1] * nyq)
     d = p.op.kernel[0, 0].abs()
     return band & (d < cone_d), band & (d > far_d)
