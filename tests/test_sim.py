@@ -82,6 +82,9 @@ def test_imperfections_switch_and_stay_inside_mask():
     assert not off.applied["nondipolar"]
     with pytest.raises(ValueError, match="unknown imperfections"):
         simulate(ph.chi, ph.mask, geom, 1, imperfections={"bogus": True})
+    from qsmnet.cli.simulate import _IMPERFECTIONS  # the CLI's choices, kept import-free
+
+    assert set(_IMPERFECTIONS) == set(DEFAULT_IMPERFECTIONS)
 
 
 def test_residual_background_is_smooth_low_order():
@@ -94,6 +97,39 @@ def test_residual_background_is_smooth_low_order():
     for ax in range(3):
         d3 = torch.diff(bg.double(), n=3, dim=ax)
         assert float(d3.abs().max()) < 1e-5
+
+
+def test_bfr_remnant_fades_from_the_edge_and_keeps_other_streams():
+    from scipy import ndimage
+
+    from qsmnet.sim.forward import REMNANT_DECAY_MM, bfr_remnant
+
+    n, vs = 48, (1.0, 1.0, 1.0)
+    x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+    r2 = x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2
+    mask = (r2 <= 21.0**2).float()  # a 42 mm ball
+    d = torch.from_numpy(ndimage.distance_transform_edt(mask.numpy() > 0, sampling=vs))
+    rim, core = (mask > 0) & (d <= 3.0), (mask > 0) & (d >= 12.0)
+    ms_rim = ms_core = 0.0
+    for seed in range(6):
+        e = bfr_remnant(mask, vs, np.random.default_rng(seed), edge_ppm=0.01)
+        assert torch.all(e[mask == 0] == 0)
+        ms_rim += float(e[rim].double().square().mean())
+        ms_core += float(e[core].double().square().mean())
+    # exp(-d / 10 mm): <= 3 mm keeps >= 0.74 of the edge amplitude, >= 12 mm at most 0.30 of it
+    assert REMNANT_DECAY_MM == 10.0
+    assert math.sqrt(ms_rim / ms_core) > 2.0
+    assert 0.004 < math.sqrt(ms_rim / 6) < 0.012  # ~edge_ppm x exp(-1.5 / 10) for a unit-std texture
+    # switched on in simulate: the same noise and other imperfections, plus the remnant in the mask
+    g = Geometry((n, n, n), vs)
+    chi = 0.1 * mask
+    imp = {"background_residual": True}
+    off = simulate(chi, mask, g, 5, noise_std=0.002, imperfections=imp)
+    on = simulate(chi, mask, g, 5, noise_std=0.002, imperfections={**imp, "bfr_remnant": True})
+    assert on.applied["bfr_remnant"] and not off.applied["bfr_remnant"]
+    assert torch.equal(on.noise, off.noise)
+    diff = on.field - off.field
+    assert torch.all(diff[mask == 0] == 0) and float(diff[rim].abs().max()) > 1e-3
 
 
 def test_random_b0_dir_within_tilt():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 HELP = "simulate a phantom's local field (NIfTI, ppm), or write the fixed benchmark set"
 
-_IMPERFECTIONS = ("background_residual", "nondipolar", "edge_errors", "external_background", "multi_echo")
+#: qsmnet.sim.DEFAULT_IMPERFECTIONS' keys (not imported here, to keep --help fast; a test checks they agree)
+_IMPERFECTIONS = (
+    "background_residual", "nondipolar", "edge_errors", "external_background", "multi_echo", "bfr_remnant",
+)
 
 
 def add_arguments(parser) -> None:

@@ -14,6 +14,13 @@ which it is applied to a sample:
   band of 1-3 voxels inside its edge, where background removal is least reliable.
 - ``external_background``: the field of sources outside the mask (chi of std 0.5-3 ppm, smooth,
   air/bone-like) is added: a total field for phase-processing work, not a local field.
+- ``bfr_remnant`` (off unless asked for): the error real background-field removal leaves, in
+  cheap form: a smooth random field (5-15 mm) times ``exp(-d / 10 mm)``, ``d`` the distance from
+  the mask's edge, with an edge amplitude of 0.005-0.015 ppm (:func:`bfr_remnant`). Calibrated on
+  V-SHARP's and PDF's errors on a real-size simulated head (``scripts/bfr_error_models.py``,
+  docs/realism.md), which ``background_residual`` (flat over the brain) and ``edge_errors`` (2-4x
+  too strong in a thin band) do not match. It draws from the generator only when switched on,
+  so turning it on changes no other simulation's stream.
 - ``multi_echo``: wrapped multi-echo phase and magnitude are also returned (see
   :func:`multi_echo_signal`).
 """
@@ -37,7 +44,15 @@ DEFAULT_IMPERFECTIONS = {
     "edge_errors": False,
     "external_background": False,
     "multi_echo": False,
+    "bfr_remnant": False,
 }
+#: Switches decided by one draw each, whether on or not (the original five: their streams stay
+#: aligned); the others draw only when switched on.
+_ALIGNED = ("background_residual", "nondipolar", "edge_errors", "external_background", "multi_echo")
+#: ``bfr_remnant``: edge amplitude range (ppm), decay length and texture scales (mm).
+REMNANT_EDGE_PPM = (0.005, 0.015)
+REMNANT_DECAY_MM = 10.0
+REMNANT_SCALES_MM = (5.0, 15.0)
 
 
 @dataclass
@@ -84,6 +99,26 @@ def _erode(mask: torch.Tensor, r: int) -> torch.Tensor:
         return mask
     inv = 1.0 - mask[None, None]
     return 1.0 - torch.nn.functional.max_pool3d(inv, 2 * r + 1, stride=1, padding=r)[0, 0]
+
+
+def bfr_remnant(mask: torch.Tensor, voxel_size, rng: np.random.Generator, edge_ppm: float | None = None,
+                decay_mm: float = REMNANT_DECAY_MM, scales_mm=REMNANT_SCALES_MM) -> torch.Tensor:
+    """A background-removal remnant: ``edge_ppm x r x exp(-d / decay_mm)`` inside ``mask``.
+
+    ``r`` is a unit-std smooth random field with correlation lengths ``scales_mm`` and ``d`` the
+    distance (mm) from the nearest voxel outside the mask, so the error is largest at the brain's
+    edge and fades towards its centre, as V-SHARP's and PDF's errors do (on a real-size head:
+    ~8 ppb rms within 3 mm of the edge, ~1 ppb beyond 20 mm; docs/realism.md). ``edge_ppm``
+    None draws it from :data:`REMNANT_EDGE_PPM`. Returns (X, Y, Z) float32, zero outside the mask.
+    """
+    from scipy import ndimage
+
+    if edge_ppm is None:
+        edge_ppm = float(rng.uniform(*REMNANT_EDGE_PPM))
+    inside = mask.numpy() > 0
+    d = torch.from_numpy(ndimage.distance_transform_edt(inside, sampling=tuple(float(v) for v in voxel_size)))
+    r = smooth_random_field(tuple(mask.shape), voxel_size, rng, scales_mm=scales_mm)
+    return (float(edge_ppm) * r * torch.exp(-d.float() / float(decay_mm)) * (mask > 0)).float()
 
 
 def polynomial_field(mask: torch.Tensor, voxel_size, rng: np.random.Generator, peak_ppm: float,
@@ -181,7 +216,7 @@ def simulate(
     if tuple(chi.shape) != geometry.shape or tuple(mask.shape) != geometry.shape:
         raise ValueError(
             f"chi {tuple(chi.shape)} / mask {tuple(mask.shape)} do not match geometry {geometry.shape}")
-    applied = {k: _switch(v, rng) for k, v in sw.items()}
+    applied = {k: _switch(sw[k], rng) for k in _ALIGNED}
     shape, vs = geometry.shape, geometry.voxel_size
     chi = chi.to(torch.float32)
     mask = (mask > 0).to(torch.float32)
@@ -211,6 +246,9 @@ def simulate(
     if applied["external_background"]:
         ext = float(rng.uniform(0.5, 3.0)) * smooth_random_field(shape, vs, rng, scales_mm=(5.0, 20.0))
         field = field + forward_field(ext * (1.0 - mask), vs, geometry.b0_dir, pad=pad, dtype=dtype).float()
+    applied["bfr_remnant"] = bool(sw["bfr_remnant"]) and _switch(sw["bfr_remnant"], rng)
+    if applied["bfr_remnant"]:
+        field = field + bfr_remnant(mask, vs, rng)
     phase = magnitude = None
     if applied["multi_echo"]:
         phase, magnitude = multi_echo_signal(field * out_mask, out_mask, geometry, rng, te, b0=b0)
