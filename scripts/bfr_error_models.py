@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,19 +38,14 @@ from realism_report import BANDS, band_shares  # noqa: E402
 from qsmnet.phase import pdf, vsharp  # noqa: E402
 from qsmnet.physics import Geometry  # noqa: E402
 from qsmnet.sim.acquire import HEAD_PROFILES, head_fields, oblique_bandlimit  # noqa: E402
-from qsmnet.sim.forward import simulate  # noqa: E402
+from qsmnet.sim.forward import edge_distance, simulate  # noqa: E402
 from qsmnet.sim.head import head_phantom  # noqa: E402
 
 #: distance from the brain mask's edge (mm): the shells the error's rms is reported in
 SHELLS_MM = ((0.0, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, math.inf))
 
 
-def edge_distance(mask: torch.Tensor, voxel_size) -> np.ndarray:
-    """Distance (mm) of every voxel inside ``mask`` from the nearest voxel outside it."""
-    return ndimage.distance_transform_edt(mask.numpy() > 0, sampling=voxel_size)
-
-
-def error_stats(err: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, dist: np.ndarray,
+def error_stats(err: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor,
                 voxel_size) -> dict:
     """rms of ``err`` (ppm and % of the truth's rms), by edge-distance shell, and band shares;
     both fields demeaned inside ``mask`` first."""
@@ -60,10 +54,9 @@ def error_stats(err: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, dist
     t = torch.where(m, truth.double() - truth.double()[m].mean(), 0.0)
     rms_t = float(t[m].square().mean().sqrt())
     rms = float(e[m].square().mean().sqrt())
-    d = torch.from_numpy(dist)
     shells = []
     for lo, hi in SHELLS_MM:
-        s = m & (d >= lo) & (d < hi)
+        s = m & (dist >= lo) & (dist < hi)
         shells.append(float(e[s].square().mean().sqrt()) if s.any() else float("nan"))
     return {"rms_ppm": rms, "rms_pct": 100 * rms / rms_t, "shells_ppm": shells,
             "bands": band_shares(e, voxel_size)}
@@ -91,14 +84,14 @@ def main(argv=None) -> None:
     profile, _ = HEAD_PROFILES["real-field"]
     ph = head_phantom(shape, vs, np.random.default_rng(a.seed), **profile)
     total, local = head_fields(ph, vs, b0, bandlimit=oblique_bandlimit(b0) if a.tilt else None)
+    geom = Geometry(shape, vs, b0)
     dist = edge_distance(ph.mask, vs)
     loc_v, m_v = vsharp(total, ph.mask, vs)
     rows = [_row("V-SHARP (12..2 mm)", error_stats(loc_v - local, local, m_v, dist, vs))]
     if not a.no_pdf:
-        loc_p, m_p = pdf(total, ph.mask, Geometry(shape, vs, b0))
+        loc_p, m_p = pdf(total, ph.mask, geom)
         rows.append(_row("PDF (50 CG)", error_stats(loc_p - local, local, m_p, dist, vs)))
     fast = {"background_residual": [], "edge_errors": [], "both": [], "bfr_remnant": []}
-    geom = Geometry(shape, vs, b0)
     for k in range(a.draws):
         for name in fast:
             imp = {name: True} if name != "both" else {"background_residual": True, "edge_errors": True}

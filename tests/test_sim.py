@@ -100,15 +100,13 @@ def test_residual_background_is_smooth_low_order():
 
 
 def test_bfr_remnant_fades_from_the_edge_and_keeps_other_streams():
-    from scipy import ndimage
-
-    from qsmnet.sim.forward import REMNANT_DECAY_MM, bfr_remnant
+    from qsmnet.sim.forward import REMNANT_DECAY_MM, bfr_remnant, edge_distance
 
     n, vs = 48, (1.0, 1.0, 1.0)
     x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
     r2 = x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2
     mask = (r2 <= 21.0**2).float()  # a 42 mm ball
-    d = torch.from_numpy(ndimage.distance_transform_edt(mask.numpy() > 0, sampling=vs))
+    d = edge_distance(mask, vs)
     rim, core = (mask > 0) & (d <= 3.0), (mask > 0) & (d >= 12.0)
     ms_rim = ms_core = 0.0
     for seed in range(6):

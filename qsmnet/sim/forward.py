@@ -101,22 +101,28 @@ def _erode(mask: torch.Tensor, r: int) -> torch.Tensor:
     return 1.0 - torch.nn.functional.max_pool3d(inv, 2 * r + 1, stride=1, padding=r)[0, 0]
 
 
+def edge_distance(mask: torch.Tensor, voxel_size) -> torch.Tensor:
+    """Distance (mm, float64) of every voxel inside ``mask`` from the nearest voxel outside it (0 outside)."""
+    from scipy import ndimage
+
+    sampling = tuple(float(v) for v in voxel_size)
+    return torch.from_numpy(ndimage.distance_transform_edt(mask.numpy() > 0, sampling=sampling))
+
+
 def bfr_remnant(mask: torch.Tensor, voxel_size, rng: np.random.Generator, edge_ppm: float | None = None,
                 decay_mm: float = REMNANT_DECAY_MM, scales_mm=REMNANT_SCALES_MM) -> torch.Tensor:
     """A background-removal remnant: ``edge_ppm x r x exp(-d / decay_mm)`` inside ``mask``.
 
     ``r`` is a unit-std smooth random field with correlation lengths ``scales_mm`` and ``d`` the
-    distance (mm) from the nearest voxel outside the mask, so the error is largest at the brain's
-    edge and fades towards its centre, as V-SHARP's and PDF's errors do (on a real-size head:
-    ~8 ppb rms within 3 mm of the edge, ~1 ppb beyond 20 mm; docs/realism.md). ``edge_ppm``
-    None draws it from :data:`REMNANT_EDGE_PPM`. Returns (X, Y, Z) float32, zero outside the mask.
+    distance (mm) from the nearest voxel outside the mask (:func:`edge_distance`), so the error is
+    largest at the brain's edge and fades towards its centre, as V-SHARP's and PDF's errors do (on
+    a real-size head: ~8 ppb rms within 3 mm of the edge, ~1 ppb beyond 20 mm; docs/realism.md).
+    ``edge_ppm`` None draws it from :data:`REMNANT_EDGE_PPM`. Returns (X, Y, Z) float32, zero
+    outside the mask.
     """
-    from scipy import ndimage
-
     if edge_ppm is None:
         edge_ppm = float(rng.uniform(*REMNANT_EDGE_PPM))
-    inside = mask.numpy() > 0
-    d = torch.from_numpy(ndimage.distance_transform_edt(inside, sampling=tuple(float(v) for v in voxel_size)))
+    d = edge_distance(mask, voxel_size)
     r = smooth_random_field(tuple(mask.shape), voxel_size, rng, scales_mm=scales_mm)
     return (float(edge_ppm) * r * torch.exp(-d.float() / float(decay_mm)) * (mask > 0)).float()
 
