@@ -33,9 +33,25 @@ def blob():
     return torch.from_numpy(field.astype(np.float32)), torch.from_numpy(mask.astype(np.float32)), g
 
 
+def test_reference_keeps_the_weight_the_limits_were_calibrated_with(blob):
+    # With model error in the field Tikhonov's default weight is the Wiener balance, not the
+    # cone-power rule the limits were set with; the guard's reference stays at the latter.
+    f, m, g = blob
+    noise = torch.randn((1, 1, N, N, N), generator=torch.Generator().manual_seed(2))
+    bumps = torch.nn.functional.avg_pool3d(noise, 3, 1, 1)[0, 0]
+    f = (f + bumps / bumps[m > 0].std() * f[m > 0].std()) * m
+    info_auto, info_model = {}, {}
+    auto = SOLVERS["tikhonov"](f, m, g, info=info_auto)
+    model = SOLVERS["tikhonov"](f, m, g, lam="model", info=info_model)
+    assert info_auto["lambda_method"] == "wiener" and info_model["lambda_method"] == "model"
+    assert abs(info_auto["lambda"] / info_model["lambda"] - 1) > 0.1
+    assert assess(model, f, m, g)["stats"]["residual_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert assess(auto, f, m, g)["stats"]["residual_ratio"] != pytest.approx(1.0, abs=1e-4)
+
+
 def test_closed_form_is_in_domain_with_unit_ratios(blob):
     f, m, g = blob
-    v = assess(SOLVERS["tikhonov"](f, m, g), f, m, g)
+    v = assess(SOLVERS["tikhonov"](f, m, g, lam="model"), f, m, g)
     assert v["in_domain"] and not v["reasons"]
     s = v["stats"]
     assert s["std_ratio"] == pytest.approx(1.0) and s["cone_ratio"] == pytest.approx(1.0)

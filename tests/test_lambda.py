@@ -163,7 +163,9 @@ def test_info_reports_lambda_and_method(name):
     kw = {"iterations": 30} if name != "tikhonov" else {}
     info = {}
     SOLVERS[name](field, mask, geom, info=info, **kw)
-    assert info["lambda_method"] == select.AUTO_METHOD
+    # Tikhonov's auto is the Wiener balance where the field shows model error (tested below)
+    auto = ("model", "wiener") if name == "tikhonov" else (select.AUTO_METHOD,)
+    assert info["lambda_method"] in auto
     assert isinstance(info["lambda"], float)
     swept = {}
     SOLVERS[name](field, mask, geom, info=swept, lam="freq", **kw)
@@ -200,8 +202,9 @@ def test_forward_model_of_the_test_case_is_consistent():
     assert float((ours - field).norm() / field.norm()) < 0.05
 
 
-def test_tikhonov_auto_follows_the_model_error_share_only_under_model_error():
-    # Tikhonov's "model" rule: on white-noise data the noise balance x model-error factor; where the
+def test_tikhonov_model_rule_follows_the_model_error_share_only_under_model_error():
+    # Tikhonov's "model" rule (the guard's reference; "auto" until session 27): on white-noise data
+    # the noise balance x model-error factor; where the
     # cone power rho shows model error, PER_RHO x min(rho, RHO_CAP) x sqrt(voxel anisotropy), so the
     # weight grows with the share of non-dipolar content in the field, up to a cap (the noise balance
     # fell 3-29x short on whole heads). rho is measured independently here, with numpy, on the
@@ -225,7 +228,7 @@ def test_tikhonov_auto_follows_the_model_error_share_only_under_model_error():
         band = (kk >= select.BAND[0] * ny) & (kk <= select.BAND[1] * ny)
         return a[band & (d < 0.05)].mean() / a[band].mean()
 
-    def auto(f, g=geom, lam="auto"):
+    def auto(f, g=geom, lam="model"):
         info = {}
         SOLVERS["tikhonov"](f, mask, g, lam=lam, info=info)
         return info["lambda"]
@@ -247,6 +250,65 @@ def test_tikhonov_auto_follows_the_model_error_share_only_under_model_error():
     r_thick = rho(f, thick)
     assert select.RHO0 < r_thick < tk.RHO_CAP
     assert auto(f, thick) == pytest.approx(tk.PER_RHO * r_thick * math.sqrt(2), rel=0.02)
+
+
+def test_wiener_weight_is_the_mse_optimal_weight_of_its_shell():
+    # White chi (std s) and white error (std sigma) on a periodic grid. In the shell the Wiener
+    # balance reads, the closed form's squared error against the truth (numpy, from chi itself) is
+    # smallest at one weight; wiener_weight estimates it from the field alone. Per frequency the
+    # optimum is sigma^2 / (s^2 |k|^2), so the weight also scales as (sigma / s)^2.
+    from qsmnet.physics import Geometry
+    from qsmnet.solvers import tikhonov as tk
+
+    n = 64
+    rng = np.random.default_rng(3)
+    kx, ky, kz = np.meshgrid(*[np.fft.fftfreq(n)] * 3, indexing="ij")
+    kk = np.sqrt(kx**2 + ky**2 + kz**2)
+    d = np.where(kk > 0, 1 / 3 - kz**2 / np.where(kk > 0, kk, 1) ** 2, 0.0)
+    lap = 4 * (np.sin(np.pi * kx) ** 2 + np.sin(np.pi * ky) ** 2 + np.sin(np.pi * kz) ** 2)
+    shell = (kk >= tk.WIENER_SHELL[0] * 0.5) & (kk < tk.WIENER_SHELL[1] * 0.5)
+    geom = Geometry((n, n, n), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+    ones = torch.ones(n, n, n)
+    weights = []
+    for sigma in (0.01, 0.02):
+        chi_hat = np.fft.fftn(rng.normal(0, 0.05, (n, n, n)))
+        f_hat = d * chi_hat + np.fft.fftn(rng.normal(0, sigma, (n, n, n)))
+        field = torch.as_tensor(np.fft.ifftn(f_hat).real, dtype=torch.float32)
+        w = tk.wiener_weight(prepare(field, ones, geom))
+        grid = np.logspace(-3, 1, 41)
+        ds, ls, fs, cs = d[shell], lap[shell], f_hat[shell], chi_hat[shell]
+        err = [np.sum(np.abs(ds / (ds * ds + g * ls) * fs - cs) ** 2) for g in grid]
+        best = grid[int(np.argmin(err))]
+        assert best / 1.5 < w < best * 1.5
+        weights.append(w)
+    assert weights[1] / weights[0] == pytest.approx(4.0, rel=0.3)
+
+
+def test_tikhonov_auto_is_the_wiener_balance_only_under_model_error():
+    from qsmnet.solvers import tikhonov as tk
+
+    white, model, mask, geom = _white_and_model_fields()
+    info_w, info_m = {}, {}
+    SOLVERS["tikhonov"](white, mask, geom, info=info_w)
+    SOLVERS["tikhonov"](model, mask, geom, info=info_m)
+    # white noise alone: the "model" rule (the noise balance); model error: the Wiener balance,
+    # computed on the same zero-padded grid the solve uses
+    assert info_w["lambda_method"] == "model"
+    assert info_w["lambda"] == pytest.approx(_lam("model", white, mask, geom), rel=1e-6)
+    p = prepare(model, mask, geom)
+    q = tk.pad_problem(p, tk.padding(p.mask, tk.PAD))
+    assert info_m["lambda_method"] == "wiener"
+    assert info_m["lambda"] == pytest.approx(tk.wiener_weight(q), rel=1e-5)
+    assert info_m["lambda"] == pytest.approx(_lam("wiener", model, mask, geom), rel=1e-6)
+    # the chooser is Tikhonov's own: other solvers refuse it before solving anything
+    with pytest.raises(ValueError, match="tikhonov"):
+        SOLVERS["tv"](model, mask, geom, lam="wiener")
+
+
+def _lam(chooser, field, mask, geom):
+    info = {}
+    SOLVERS["tikhonov"](field, mask, geom, lam=chooser, info=info)
+    return info["lambda"]
 
 
 def test_l1_model_weight_is_bracketed_by_the_robust_field_std_only_under_model_error():

@@ -15,7 +15,9 @@ _SOLVERS = "tkd, tsvd, tikhonov, ilsqr, tv, medi, ndi"
 
 def lambda_value(text: str):
     """``--lambda``: a positive weight or the name of a chooser (:mod:`qsmnet.solvers.select`)."""
-    choosers = ("auto", "model", "lcurve", "freq", "noise")  # qsmnet.solvers.select
+    from qsmnet.solvers.select import CHOOSERS, SOLVER_CHOOSERS
+
+    choosers = ("auto", *CHOOSERS, *SOLVER_CHOOSERS)
     return text.lower() if text.lower() in choosers else _positive(float)(text)
 
 
@@ -85,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lambda",
         dest="lam",
         type=lambda_value,
-        help="weight, or auto/model/lcurve/freq/noise (tikhonov, tv, medi, ilsqr, ndi)",
+        help="weight, or auto/model/lcurve/freq/noise (tikhonov, tv, medi, ilsqr, ndi); wiener (tikhonov)",
     )
     g.add_argument("--iterations", type=int, help="iteration cap of iterative methods")
     g.add_argument("--threshold", type=float, help="kernel threshold of tkd / tsvd")

@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 #: |D(k)| below which a frequency counts as near the dipole cone.
 CONE_THRESHOLD = 0.1
-#: Closed-form reference (the solver's own default lambda).
+#: Closed-form reference: Tikhonov at its cone-power rule (``lam="model"``), the default weight when the
+#: limits below were calibrated (session 27 moved Tikhonov's default to the Wiener balance; the guard
+#: keeps the weight its limits were set with).
 REFERENCE_SOLVER = "tikhonov"
+REFERENCE_PARAMS = {"lam": "model"}
 #: Accepted ranges (lo, hi) of each statistic; None leaves a side open. Calibrated with the shipped
 #: networks (1 flip) on two benchmark cases (brain1 axial 1 mm high noise, brain2 oblique 1x1x2 low
 #: noise), where they ranged: residual_ratio 0.31-0.99, std_ratio 1.06-1.37, std_field 2.69-3.33,
@@ -70,7 +73,8 @@ def assess(chi, field, mask, geometry: Geometry, reference=None, limits: dict | 
         field: (X, Y, Z) local field (ppm), same device.
         mask: (X, Y, Z), non-zero inside the brain.
         geometry: the field's :class:`Geometry`.
-        reference: (X, Y, Z) closed-form solution (ppm); computed with :data:`REFERENCE_SOLVER` if None.
+        reference: (X, Y, Z) closed-form solution (ppm); computed with :data:`REFERENCE_SOLVER` and
+            :data:`REFERENCE_PARAMS` if None.
         limits: ranges per statistic (default :data:`DEFAULT_LIMITS`).
 
     Returns:
@@ -84,7 +88,9 @@ def assess(chi, field, mask, geometry: Geometry, reference=None, limits: dict | 
         chi = torch.as_tensor(chi, dtype=torch.float32)
         f = torch.as_tensor(field, dtype=torch.float32, device=chi.device)
         m = torch.as_tensor(mask, device=chi.device).ne(0).to(torch.float32)
-        ref = SOLVERS[REFERENCE_SOLVER](f, m, geometry) if reference is None else reference
+        if reference is None:
+            reference = SOLVERS[REFERENCE_SOLVER](f, m, geometry, **REFERENCE_PARAMS)
+        ref = reference
         ref = torch.as_tensor(ref, dtype=torch.float32, device=chi.device) * m
         op = DipoleOperator(geometry, pad=True).to(chi.device)
         cone = dipole_kernel(geometry.shape, geometry.voxel_size, geometry.b0_dir, half=True,

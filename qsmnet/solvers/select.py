@@ -31,11 +31,19 @@ large. Measured comparison: ``docs/regularisation.md`` (``scripts/benchmark_lamb
 ilsqr and ndi are damped problems run to convergence; their ``"model"`` weight is the damping
 rule :func:`qsmnet.solvers.ilsqr.auto_damping`.
 
+Tikhonov (gradient regulariser) takes one chooser of its own, ``"wiener"``
+(:func:`qsmnet.solvers.tikhonov.wiener_weight`: the weight at which its closed form is the Wiener
+filter of a mid-frequency shell, with the error's power read on the cone and chi's far from it), and
+its ``"auto"`` is that balance wherever the field shows model error (``rho > RHO0``): on whole heads
+with a real background removal it lands nearer the best weight than the cone-power rule
+(docs/regularisation.md).
+
 Every solver that takes ``lam`` accepts ``"auto"`` (:data:`AUTO_METHOD`), ``"model"``,
 ``"lcurve"``, ``"freq"``, ``"noise"`` (the former auto rule of :mod:`.lam`) or a number, and
 reports ``info["lambda"]`` (the weight used), ``info["lambda_method"]`` (``"fixed"``, ``"model"``,
-``"lcurve"``, ``"freq"`` or ``"noise"``) and, when a sweep ran, ``info["lambda_sweep"]`` (a list of
-``{"lambda", "misfit", "penalty", "cone", "far", "cone_ratio"}`` dicts, misfit relative to ``||M f||``).
+``"lcurve"``, ``"freq"``, ``"noise"`` or Tikhonov's ``"wiener"``) and, when a sweep ran,
+``info["lambda_sweep"]`` (a list of ``{"lambda", "misfit", "penalty", "cone", "far", "cone_ratio"}``
+dicts, misfit relative to ``||M f||``).
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ from .lam import mad_std
 AUTO_METHOD = "model"
 #: Choosers by name (``"noise"`` is the old white-noise balance rule, kept for comparison).
 CHOOSERS = ("model", "lcurve", "freq", "noise")
+#: Choosers only some solvers take, and which: ``"wiener"`` (the closed form's Wiener balance,
+#: :func:`qsmnet.solvers.tikhonov.wiener_weight`) is Tikhonov's alone.
+SOLVER_CHOOSERS = {"wiener": "tikhonov"}
 #: Model-error correction of the noise balance: lambda x max(1, rho / RHO0) ** RHO_EXPONENT with
 #: rho = :func:`cone_power`. On the three tuning brains (60 % model error) the best lambda was
 #: 4.4-4.7x the noise balance at rho 0.23-0.32; rho is at most 0.066 on the 16 white-noise
@@ -321,19 +332,22 @@ def model_error_factor(p: Problem, rho: float | None = None) -> float:
     return max(1.0, (cone_power(p) if rho is None else rho) / RHO0) ** RHO_EXPONENT
 
 
-def resolve(lam) -> str:
+def resolve(lam, accepts: Sequence[str] = ()) -> str:
     """The chooser a ``lam`` argument asks for: ``"fixed"`` (a number) or a chooser name.
 
+    ``accepts``: the solver's own choosers (:data:`SOLVER_CHOOSERS`) it takes besides :data:`CHOOSERS`.
+
     Raises:
-        ValueError: a string that names no chooser, or a non-positive number.
+        ValueError: a string that names no chooser (or one of another solver), or a non-positive number.
     """
     if isinstance(lam, str):
         name = lam.lower()
         name = AUTO_METHOD if name == "auto" else name
-        if name not in CHOOSERS:
-            raise ValueError(
-                f"lambda must be a positive number or one of auto, {', '.join(CHOOSERS)}; got {lam!r}"
-            )
+        if name in SOLVER_CHOOSERS and name not in accepts:
+            raise ValueError(f"lambda {name!r} is a chooser of {SOLVER_CHOOSERS[name]} only")
+        if name not in CHOOSERS and name not in accepts:
+            names = ", ".join((*CHOOSERS, *accepts))
+            raise ValueError(f"lambda must be a positive number or one of auto, {names}; got {lam!r}")
         return name
     v = float(lam)
     if not v > 0 or not math.isfinite(v):

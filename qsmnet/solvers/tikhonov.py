@@ -53,6 +53,14 @@ PER_RHO = 0.3
 RHO_CAP = 0.4
 #: identity-regulariser lambda per gradient-regulariser lambda (|grad|^2 ~ 1/mm^2 at mid frequencies).
 _IDENTITY_PER_GRADIENT = 1.0
+#: The Wiener balance (``lam="wiener"``, behind ``"auto"`` for the gradient regulariser under model
+#: error): the shell of |k| it reads, as fractions of the finest axis' Nyquist frequency (0.06-0.12
+#: cycles/mm at 1 mm and at 1 x 1 x 2 mm), and the |D(k)| bounds of its cone (the field there is
+#: error) and of its far region (the field there is mostly the dipole field of chi). Measured on 58
+#: whole heads with a real background removal (docs/regularisation.md, session 27).
+WIENER_SHELL = (0.12, 0.24)
+WIENER_CONE = 0.05
+WIENER_FAR = 0.3
 
 
 def _penalty(p: Problem, regulariser: str, floor: float) -> torch.Tensor:
@@ -114,6 +122,35 @@ def model_weight(q: Problem, regulariser: str) -> float:
     return max(lam, select.choose(kspace_sweep(q, regulariser), "freq"))
 
 
+def wiener_weight(q: Problem, regulariser: str = "gradient", floor: float = FLOOR) -> float | None:
+    """The ``"wiener"`` weight of one sample (batch of one; mm^2 for the gradient regulariser), or None
+    where the shell holds no cone or no far frequency (a tiny grid) or no dipole signal.
+
+    In the shell :data:`WIENER_SHELL` of |k|, the field's mean power on the magic-angle cone
+    (``|D| <`` :data:`WIENER_CONE`), where a dipole field has none, estimates the error's power
+    ``S_e``; far from the cone (``|D| >`` :data:`WIENER_FAR`) ``S_chi = mean((|F f|^2 - S_e) / D^2)``
+    estimates chi's. The weight ``S_e / (S_chi mean |R(k)|^2)`` is the one at which the closed form
+    ``D / (D^2 + lam |R|^2)`` is the Wiener filter of that shell. It reads the error where the field
+    has it, so it follows both the error's amplitude and the signal's (a haematoma's strong dipole
+    lowers it) without a fitted constant; on white noise alone (``rho <= RHO0``) it is too high at
+    low noise, and ``"auto"`` keeps the noise balance there.
+    """
+    d = q.op.kernel[0, 0]
+    power = torch.fft.rfftn(q.field[0, 0]).abs().square()
+    k, _ = select.spatial_frequency(q)
+    nyq = max(0.5 / v for v in q.geometries[0].voxel_size)
+    shell = (k >= WIENER_SHELL[0] * nyq) & (k < WIENER_SHELL[1] * nyq)
+    cone, far = shell & (d.abs() < WIENER_CONE), shell & (d.abs() > WIENER_FAR)
+    if not bool(cone.any()) or not bool(far.any()):
+        return None
+    s_e = power[cone].mean()
+    s_chi = ((power[far] - s_e).clamp_min(0) / d[far].square()).mean()
+    r2 = _penalty(q, regulariser, floor)[0, 0][far].mean()
+    if not float(s_chi) > 0:
+        return None
+    return float(s_e / (s_chi * r2))
+
+
 def pilot(p: Problem) -> torch.Tensor:
     """Gradient-regularised Tikhonov chi at :data:`~qsmnet.solvers.lam.PILOT_LAMBDA` (unmasked)."""
     return p.op.filter(p.field, _filter(p, as_lambda(PILOT_LAMBDA, p), "gradient", 0.0))
@@ -160,12 +197,14 @@ def tikhonov(
         geometry: :class:`~qsmnet.physics.Geometry` (or one per sample).
         info: filled with ``iterations`` (0), ``residual`` and the ``lambda`` used.
         lam: regularisation weight (mm^2 for the gradient regulariser), or a chooser
-            (:mod:`qsmnet.solvers.select`): ``"auto"`` (default, = ``"model"``: the noise balance
-            times the model-error factor; where the field shows model error, a weight proportional to
-            its cone power, :func:`model_weight`), ``"noise"``, ``"lcurve"``, ``"freq"`` (a k-space sweep
-            of :data:`SWEEP`, one rfftn). The former default 0.03 was the best fixed value on
-            white-noise phantoms (48^3, 3.5 mm); on realistic brains the best is 0.07-0.4
-            (``docs/regularisation.md``).
+            (:mod:`qsmnet.solvers.select`): ``"auto"`` (default): for the gradient regulariser on a
+            field with model error (cone power above :data:`~qsmnet.solvers.select.RHO0`), the
+            Wiener balance (:func:`wiener_weight`, ``"wiener"``), otherwise ``"model"``;
+            ``"model"``: the noise balance times the model-error factor, and where the field shows
+            model error a weight proportional to its cone power (:func:`model_weight`; the default
+            until session 27, the guard's reference); ``"wiener"``, ``"noise"``, ``"lcurve"``,
+            ``"freq"`` (a k-space sweep of :data:`SWEEP`, one rfftn). ``info["lambda_method"]`` says
+            which one ran. On whole heads the best weight is 0.02-0.22 (``docs/regularisation.md``).
         regulariser: ``"gradient"`` (default) or ``"identity"``.
         pad: zero padding before the solve (and the choice of ``lam``): each axis grows to at least
             ``1 + pad`` times the mask's extent along it; 0 solves on the circular grid as given.
@@ -194,15 +233,18 @@ def tikhonov(
     p = prepare(field, mask, geometry)
     pads = padding(p.mask, float(pad))
     q = pad_problem(p, pads) if any(pads) else p
-    method = select.resolve(lam)
+    method = select.resolve(lam, accepts=("wiener",))
+    if isinstance(lam, str) and lam.lower() == "auto":
+        method = "auto"
     rec = None
     if method == "fixed":
         lam_t = as_lambda(lam, q)
     elif method == "noise":
         lam_t = auto_lambda(q, regulariser)
-    elif method == "model":
-        lams = [model_weight(sub_problem(q, b), regulariser) for b in range(q.field.shape[0])]
-        lam_t = torch.tensor(lams, device=q.device, dtype=q.field.dtype).view(-1, 1, 1, 1, 1)
+    elif method in ("model", "wiener", "auto"):
+        picks = [_weight(sub_problem(q, b), method, regulariser, floor) for b in range(q.field.shape[0])]
+        lam_t = torch.tensor([w for w, _ in picks], device=q.device, dtype=q.field.dtype).view(-1, 1, 1, 1, 1)
+        method = "/".join(sorted({m for _, m in picks}))
     else:
         lams, recs = [], []
         for b in range(q.field.shape[0]):
@@ -219,6 +261,24 @@ def tikhonov(
     chi = chi[..., : p.field.shape[-3], : p.field.shape[-2], : p.field.shape[-1]]
     select.report(info, lambda_summary(lam_t), method, rec)
     return finish(p, chi, info, iterations, padding=list(pads), **extra)
+
+
+def _weight(q: Problem, method: str, regulariser: str, floor: float) -> tuple[float, str]:
+    """(weight, chooser used) of one sample for ``"model"``, ``"wiener"`` or ``"auto"``.
+
+    ``"auto"`` is the Wiener balance for the gradient regulariser where the field carries model
+    error (cone power ``rho`` > :data:`~qsmnet.solvers.select.RHO0`), else the ``"model"`` rule (on
+    white noise alone, the small benchmark, that is the noise balance). ``"wiener"`` falls back to
+    ``"model"`` only where the shell is empty (a tiny grid).
+    """
+    if method == "auto":
+        use = regulariser == "gradient" and select.cone_power(q) > select.RHO0
+        method = "wiener" if use else "model"
+    if method == "wiener":
+        w = wiener_weight(q, regulariser, floor)
+        if w is not None:
+            return w, "wiener"
+    return model_weight(q, regulariser), "model"
 
 
 def _strong_first(q: Problem, chi: torch.Tensor, filt: torch.Tensor,
