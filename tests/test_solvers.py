@@ -281,11 +281,9 @@ def test_tikhonov_gradient_floor_bounds_the_low_frequency_gain_near_the_cone():
         SOLVERS["tikhonov"](f, mask, geom, floor=-0.1)
 
 
-def test_tikhonov_fits_a_strong_source_on_its_support_and_removes_its_cone_shadow():
-    # A 1.3 ppm ball (a haematoma, 7 mm radius) beside weak smooth tissue contrast, field by
-    # qsm-forward. The closed form under-reads the ball and leaves a shadow along the cone; with
-    # strong=0.3 the ball is fitted on its own support and the tissue away from it comes out right.
-    n = 56
+def _haematoma_case(n=56):
+    """A 1.3 ppm ball (a haematoma, 7 mm radius) beside weak smooth tissue contrast, field by
+    qsm-forward with a little white noise: (chi, tissue, ball, mask, field, mask tensor, geometry)."""
     rng = np.random.default_rng(3)
     x = np.stack(np.meshgrid(*[np.arange(n) - n // 2] * 3, indexing="ij")).astype(np.float64)
     mask = ((x / (0.45 * n)) ** 2).sum(0) < 1
@@ -296,7 +294,13 @@ def test_tikhonov_fits_a_strong_source_on_its_support_and_removes_its_cone_shado
     field = qsm_forward.generate_field(chi, mask, [1, 1, 1], [0, 0, 1]) * mask
     noise = 0.002 * rng.standard_normal(field.shape) * mask
     f, m = torch.from_numpy((field + noise).astype(np.float32)), torch.from_numpy(mask)
-    g = Geometry((n,) * 3, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+    return chi, tissue, ball, mask, f, m, Geometry((n,) * 3, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+
+
+def test_tikhonov_fits_a_strong_source_on_its_support_and_removes_its_cone_shadow():
+    # The closed form under-reads the ball and leaves a shadow along the cone; with strong=0.3 the
+    # ball is fitted on its own support and the tissue away from it comes out right.
+    chi, tissue, ball, mask, f, m, g = _haematoma_case()
     plain = SOLVERS["tikhonov"](f, m, g, lam=0.02, regulariser="identity").numpy()
     info = {}
     two = SOLVERS["tikhonov"](f, m, g, lam=0.02, regulariser="identity", strong=0.3, info=info).numpy()
@@ -322,3 +326,26 @@ def test_tikhonov_fits_a_strong_source_on_its_support_and_removes_its_cone_shado
     torch.testing.assert_close(batch[1, 0], a, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="threshold"):
         SOLVERS["tikhonov"](f, m, g, lam=0.02, strong=0.0)
+
+
+def test_tikhonov_strong_reads_the_wiener_weight_on_the_rest_of_the_field():
+    # With a data-driven weight the ball's dipole makes the whole field's balance low; once the ball
+    # is fitted on its support, the weight of the rest is read on the rest of the field (higher:
+    # the ball's signal is gone), and the tissue away from the ball comes out closer to the truth
+    # than at the weight the ball's field set.
+    from qsmnet.solvers import tikhonov as tk
+
+    chi, _, ball, mask, f, m, g = _haematoma_case()
+    info = {}
+    x = SOLVERS["tikhonov"](f, m, g, lam="wiener", strong=0.3, info=info).numpy()
+    whole = tk.wiener_weight(tk.pad_problem(prepare(f, m, g), tk.padding(m[None, None], tk.PAD)))
+    assert info["strong_voxels"] > 0 and info["strong_lambda_detect"] == pytest.approx(whole, rel=1e-5)
+    assert info["lambda"] > 2 * whole  # 0.0026 -> 0.0070
+    same = SOLVERS["tikhonov"](f, m, g, lam=whole, strong=0.3).numpy()
+    away = mask & (ndimage.distance_transform_edt(~ball) > 4)
+    err = [float(np.abs((v - chi)[away]).mean()) for v in (same, x)]
+    assert err[1] < 0.9 * err[0], err  # 0.0058 -> 0.0046 ppm
+    # a fixed weight, or the cone-power rule, is not re-read
+    fixed = {}
+    SOLVERS["tikhonov"](f, m, g, lam=0.05, strong=0.3, info=fixed)
+    assert fixed["lambda"] == pytest.approx(0.05) and "strong_lambda_detect" not in fixed

@@ -17,6 +17,7 @@ voxels more padding along B0 moved a head's nRMSE by 9.5 points). ``floor`` > 0 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -236,15 +237,14 @@ def tikhonov(
     method = select.resolve(lam, accepts=("wiener",))
     if isinstance(lam, str) and lam.lower() == "auto":
         method = "auto"
+    chooser = method
     rec = None
     if method == "fixed":
         lam_t = as_lambda(lam, q)
     elif method == "noise":
         lam_t = auto_lambda(q, regulariser)
     elif method in ("model", "wiener", "auto"):
-        picks = [_weight(sub_problem(q, b), method, regulariser, floor) for b in range(q.field.shape[0])]
-        lam_t = torch.tensor([w for w, _ in picks], device=q.device, dtype=q.field.dtype).view(-1, 1, 1, 1, 1)
-        method = "/".join(sorted({m for _, m in picks}))
+        lam_t, method = _weights(q, method, regulariser, floor)
     else:
         lams, recs = [], []
         for b in range(q.field.shape[0]):
@@ -256,11 +256,29 @@ def tikhonov(
     chi = q.op.filter(q.field, filt)
     extra, iterations = {}, 0
     if strong is not None:
-        chi, voxels, iterations = _strong_first(q, chi, filt, float(strong))
+        rechoose = None
+        if chooser in ("wiener", "auto"):
+            # the closed form inverts the field less the strong sources' own: its balance is read there
+            def rechoose(rest: Problem) -> torch.Tensor:
+                return _weights(rest, chooser, regulariser, floor)[0]
+
+        chi, voxels, iterations, lam_rest = _strong_first(q, chi, filt, float(strong), rechoose, regulariser,
+                                                          floor)
         extra["strong_voxels"] = voxels
+        if lam_rest is not None:
+            extra["strong_lambda_detect"] = lambda_summary(lam_t)
+            lam_t = lam_rest
     chi = chi[..., : p.field.shape[-3], : p.field.shape[-2], : p.field.shape[-1]]
     select.report(info, lambda_summary(lam_t), method, rec)
     return finish(p, chi, info, iterations, padding=list(pads), **extra)
+
+
+def _weights(q: Problem, method: str, regulariser: str, floor: float) -> tuple[torch.Tensor, str]:
+    """Per-sample weights (B, 1, 1, 1, 1) of ``"model"``, ``"wiener"`` or ``"auto"``, and the chooser(s)
+    that ran (``"wiener/model"`` where a batch mixes them)."""
+    picks = [_weight(sub_problem(q, b), method, regulariser, floor) for b in range(q.field.shape[0])]
+    lam = torch.tensor([w for w, _ in picks], device=q.device, dtype=q.field.dtype).view(-1, 1, 1, 1, 1)
+    return lam, "/".join(sorted({m for _, m in picks}))
 
 
 def _weight(q: Problem, method: str, regulariser: str, floor: float) -> tuple[float, str]:
@@ -281,14 +299,24 @@ def _weight(q: Problem, method: str, regulariser: str, floor: float) -> tuple[fl
     return model_weight(q, regulariser), "model"
 
 
-def _strong_first(q: Problem, chi: torch.Tensor, filt: torch.Tensor,
-                  threshold: float) -> tuple[torch.Tensor, int, int]:
-    """(chi, support voxels, CG iterations): ``chi`` with the strong sources fitted on their support
-    and the rest of the field re-inverted by the same filter (:mod:`qsmnet.solvers.strong`)."""
+def _strong_first(q: Problem, chi: torch.Tensor, filt: torch.Tensor, threshold: float, rechoose=None,
+                  regulariser: str = "gradient", floor: float = FLOOR):
+    """(chi, support voxels, CG iterations, weight of the rest or None): ``chi`` with the strong sources
+    fitted on their support and the rest of the field re-inverted (:mod:`qsmnet.solvers.strong`).
+
+    The rest is inverted by the same filter, or, given ``rechoose(rest problem) -> weights``, at the
+    weight chosen on the rest of the field (a data-driven chooser: without the haematoma's dipole the
+    rest reads like a healthy head's field, whose best weight is higher).
+    """
     support = strong_support(chi * q.mask, q.mask, [math.prod(g.voxel_size) for g in q.geometries], threshold)
     voxels = int(support.sum())
     if voxels == 0:
-        return chi, 0, 0
+        return chi, 0, 0, None
     xs, it = fit_on_support(q.op, q.field, q.mask, support, x0=chi)
-    rest = q.op.filter(q.field - q.mask * q.op.A(xs), filt)
-    return xs + (1 - support) * rest, voxels, it
+    residual = q.field - q.mask * q.op.A(xs)
+    lam_rest = None
+    if rechoose is not None:
+        lam_rest = rechoose(dataclasses.replace(q, field=residual))
+        filt = _filter(q, lam_rest, regulariser, floor)
+    rest = q.op.filter(residual, filt)
+    return xs + (1 - support) * rest, voxels, it, lam_rest
