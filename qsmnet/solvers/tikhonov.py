@@ -57,8 +57,9 @@ _IDENTITY_PER_GRADIENT = 1.0
 #: The Wiener balance (``lam="wiener"``, behind ``"auto"`` for the gradient regulariser under model
 #: error): the shell of |k| it reads, as fractions of the finest axis' Nyquist frequency (0.06-0.12
 #: cycles/mm at 1 mm and at 1 x 1 x 2 mm), and the |D(k)| bounds of its cone (the field there is
-#: error) and of its far region (the field there is mostly the dipole field of chi). Measured on 58
-#: whole heads with a real background removal (docs/regularisation.md, session 27).
+#: error) and of its far region (the field there is mostly the dipole field of chi). Measured on 67
+#: whole heads with a real background removal, benchmark v2's and 58 training heads'
+#: (docs/regularisation.md, session 27).
 WIENER_SHELL = (0.12, 0.24)
 WIENER_CONE = 0.05
 WIENER_FAR = 0.3
