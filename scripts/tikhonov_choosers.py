@@ -104,14 +104,6 @@ def gcv(d, r2, power, w, grid) -> float:
     return grid[min(range(len(grid)), key=scores.__getitem__)]
 
 
-def wiener(d, r2, power, k, kmax, shell) -> float:
-    s = (k >= shell[0] * kmax) & (k < shell[1] * kmax)
-    cone, far = s & (d.abs() < 0.05), s & (d.abs() > 0.3)
-    s_e = float(power[cone].mean())
-    s_chi = float(((power[far] - s_e).clamp_min(0) / d[far] ** 2).mean())
-    return s_e / (s_chi * float(r2[far].mean()))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--v2", metavar="DIR", help="benchmark v2 folder")
@@ -131,11 +123,12 @@ def main(argv=None) -> None:
         q = tik.pad_problem(p, tik.padding(p.mask, tik.PAD))
         d, r2, f_hat, w = kspace(q)
         power = f_hat.abs().square()
-        k, kmax = select.spatial_frequency(q)
+        kmax = select.spatial_frequency(q)[1]  # the coarsest axis' Nyquist (session 25's shells)
         row = dict(case=c["name"], voxel=list(c["geom"].voxel_size), rho=select.cone_power(q),
                    model=tik.model_weight(q, "gradient"), wiener=tik.wiener_weight(q),
                    gcv=gcv(d, r2, power, w, grid),
-                   wiener_coarse={f"{a}-{b}": wiener(d, r2, power, k, kmax, (a, b)) for a, b in SHELLS})
+                   wiener_coarse={f"{a}-{b}": tik.wiener_weight(q, band=(a * kmax, b * kmax))
+                                  for a, b in SHELLS})
         info = {}
         tik.tikhonov(c["field"], c["mask"], c["geom"], info=info)
         row.update(auto=info["lambda"], auto_method=info["lambda_method"])

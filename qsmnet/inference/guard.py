@@ -90,8 +90,7 @@ def assess(chi, field, mask, geometry: Geometry, reference=None, limits: dict | 
         m = torch.as_tensor(mask, device=chi.device).ne(0).to(torch.float32)
         if reference is None:
             reference = SOLVERS[REFERENCE_SOLVER](f, m, geometry, **REFERENCE_PARAMS)
-        ref = reference
-        ref = torch.as_tensor(ref, dtype=torch.float32, device=chi.device) * m
+        ref = torch.as_tensor(reference, dtype=torch.float32, device=chi.device) * m
         op = DipoleOperator(geometry, pad=True).to(chi.device)
         cone = dipole_kernel(geometry.shape, geometry.voxel_size, geometry.b0_dir, half=True,
                              device=chi.device).abs() < CONE_THRESHOLD  # fmt: skip

@@ -102,8 +102,8 @@ def kspace_sweep(p: Problem, regulariser: str = "gradient", grid=SWEEP, floor: f
     return rec
 
 
-def model_weight(q: Problem, regulariser: str) -> float:
-    """The ``"model"`` weight of one sample (batch of one).
+def model_weight(q: Problem, regulariser: str, rho: float | None = None) -> float:
+    """The ``"model"`` weight of one sample (batch of one); ``rho``: its cone power, if known.
 
     Without model error (cone power ``rho`` <= :data:`~qsmnet.solvers.select.RHO0`, the white-noise
     benchmark) the noise balance times the model-error factor. With it, for the gradient
@@ -114,7 +114,7 @@ def model_weight(q: Problem, regulariser: str) -> float:
     error"). The identity regulariser keeps the earlier rule there: at least the frequency-balance
     weight of a k-space sweep.
     """
-    rho = select.cone_power(q)
+    rho = select.cone_power(q) if rho is None else rho
     if rho > select.RHO0 and regulariser == "gradient":
         vox = q.geometries[0].voxel_size
         return PER_RHO * min(rho, RHO_CAP) * math.sqrt(max(vox) / min(vox))
@@ -124,9 +124,13 @@ def model_weight(q: Problem, regulariser: str) -> float:
     return max(lam, select.choose(kspace_sweep(q, regulariser), "freq"))
 
 
-def wiener_weight(q: Problem, regulariser: str = "gradient", floor: float = FLOOR) -> float | None:
+def wiener_weight(q: Problem, regulariser: str = "gradient", floor: float = FLOOR,
+                  band: tuple[float, float] | None = None) -> float | None:
     """The ``"wiener"`` weight of one sample (batch of one; mm^2 for the gradient regulariser), or None
     where the shell holds no cone or no far frequency (a tiny grid) or no dipole signal.
+
+    ``band``: the shell's |k| bounds in cycles/mm (default :data:`WIENER_SHELL` x the finest axis'
+    Nyquist frequency).
 
     In the shell :data:`WIENER_SHELL` of |k|, the field's mean power on the magic-angle cone
     (``|D| <`` :data:`WIENER_CONE`), where a dipole field has none, estimates the error's power
@@ -140,8 +144,10 @@ def wiener_weight(q: Problem, regulariser: str = "gradient", floor: float = FLOO
     d = q.op.kernel[0, 0]
     power = torch.fft.rfftn(q.field[0, 0]).abs().square()
     k, _ = select.spatial_frequency(q)
-    nyq = max(0.5 / v for v in q.geometries[0].voxel_size)
-    shell = (k >= WIENER_SHELL[0] * nyq) & (k < WIENER_SHELL[1] * nyq)
+    if band is None:
+        nyq = max(0.5 / v for v in q.geometries[0].voxel_size)
+        band = (WIENER_SHELL[0] * nyq, WIENER_SHELL[1] * nyq)
+    shell = (k >= band[0]) & (k < band[1])
     cone, far = shell & (d.abs() < WIENER_CONE), shell & (d.abs() > WIENER_FAR)
     if not bool(cone.any()) or not bool(far.any()):
         return None
@@ -290,14 +296,15 @@ def _weight(q: Problem, method: str, regulariser: str, floor: float) -> tuple[fl
     white noise alone, the small benchmark, that is the noise balance). ``"wiener"`` falls back to
     ``"model"`` only where the shell is empty (a tiny grid).
     """
+    rho = None
     if method == "auto":
-        use = regulariser == "gradient" and select.cone_power(q) > select.RHO0
-        method = "wiener" if use else "model"
+        rho = select.cone_power(q)
+        method = "wiener" if regulariser == "gradient" and rho > select.RHO0 else "model"
     if method == "wiener":
         w = wiener_weight(q, regulariser, floor)
         if w is not None:
             return w, "wiener"
-    return model_weight(q, regulariser), "model"
+    return model_weight(q, regulariser, rho), "model"
 
 
 def _strong_first(q: Problem, chi: torch.Tensor, filt: torch.Tensor, threshold: float, rechoose=None,
