@@ -59,7 +59,7 @@ def _params(spec: str | None) -> dict:
     if spec is None:
         return {}
     if "=" not in spec:
-        return {"lam": spec}
+        return key_values([f"lam={spec}"])
     return key_values(spec.split(","))
 
 
