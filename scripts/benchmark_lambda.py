@@ -25,6 +25,8 @@ Cases (combine freely):
 weight for tv / medi, default 40); ``--no-timing`` skips the reference solve at the best weight;
 ``--param KEY=VALUE`` passes a solver parameter to every call of the solver (e.g. ``pad=0`` for
 tikhonov's circular closed form; tv / medi dense sweeps call ADMM directly and ignore it).
+``--dense-from JSON ...`` takes each (case, solver)'s dense sweep from earlier ``--json`` rows
+instead of running it again (to score a changed rule against the sweep it is measured by).
 
     OMP_NUM_THREADS=2 python scripts/benchmark_lambda.py --realistic 0:160:1:0 --solvers tv tikhonov
 """
@@ -188,13 +190,15 @@ def dense_sweep(solver: str, c: dict, grid=None, params=None, cold: bool = False
 
 
 def run_solver(
-    solver: str, c: dict, choosers, grid=None, timing: bool = True, params=None, cold: bool = False
+    solver: str, c: dict, choosers, grid=None, timing: bool = True, params=None, cold: bool = False,
+    dense=None,
 ) -> list[dict]:
+    """``dense``: the (lambda, nRMSE) sweep to score against, if already measured."""
     from qsmnet.solvers.select import cone_power
 
     rho = cone_power(prepare(c["field"], c["mask"], c["geom"]))
     params = dict(params or {})
-    dense = dense_sweep(solver, c, grid, params, cold)
+    dense = [tuple(r) for r in dense] if dense else dense_sweep(solver, c, grid, params, cold)
     for lam_d, e_d in dense:
         print(f"{c['name']:32s} {solver:8s} dense lam {lam_d:<10.3g} nRMSE {e_d:6.2f}", flush=True)
     best_lam, best_err = min(dense, key=lambda r: r[1])
@@ -266,7 +270,11 @@ def main(argv=None) -> None:
     ap.add_argument("--solvers", nargs="+", default=["tv", "tikhonov", "medi", "ilsqr", "ndi"])
     ap.add_argument("--choosers", nargs="+", default=list(CHOOSERS))
     ap.add_argument("--json", metavar="PATH", help="write all rows here")
+    ap.add_argument("--dense-from", nargs="*", metavar="JSON", default=[],
+                    help="reuse the dense sweeps of these earlier --json files")
     args = ap.parse_args(argv)
+    swept = {(r["case"], r["solver"]): r["dense"] for f in args.dense_from
+             for r in json.loads(Path(f).read_text())}
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -282,7 +290,8 @@ def main(argv=None) -> None:
                 flush=True,
             )
         for s in args.solvers:
-            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, params, args.cold)
+            rows += run_solver(s, c, args.choosers, args.grid, not args.no_timing, params, args.cold,
+                               swept.get((c["name"], s)))
             if args.json:  # after every solver: a stopped run keeps what it measured
                 Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -112,8 +112,7 @@ def test_damped_solvers_run_to_convergence(solver):
         assert info["cg_residual"] < 1e-3 and info["iterations"] < 500
         tight = dict(tol=1e-7, iterations=5000)
     else:
-        # from the damped least-squares start: ~10-30 steps, never the former 2-4
-        assert info["update"] < 1e-4 and 8 <= info["iterations"] < 1000
+        assert info["update"] < 1e-4 and 20 <= info["iterations"] < 1000
         tight = dict(tol=1e-8, iterations=20000)
     # what it converged to is the fixed point of its damped problem, not an iterate on the way
     ref = SOLVERS[solver](field, mask, geom, lam=info["lambda"], **tight)
@@ -400,21 +399,6 @@ def test_ilsqr_damping_is_floored_only_under_model_error(monkeypatch):
     info = {}
     SOLVERS["ilsqr"](model, mask, geom, info=info)
     assert info["lambda"] == pytest.approx(0.1, rel=1e-6)
-
-
-def test_ndi_auto_damping_is_the_ilsqr_rule_times_its_factor():
-    # NDI's "model" damping is iLSQR's x ndi.MODEL_FACTOR (NDI loses fast above its best damping on a
-    # haematoma, iLSQR does not); its "noise" chooser keeps iLSQR's noise balance as it is
-    from qsmnet.solvers import ndi
-
-    assert 0 < ndi.MODEL_FACTOR < 1
-    white, model, mask, geom = _white_and_model_fields()
-    for f in (white, model):
-        for chooser, factor in (("auto", ndi.MODEL_FACTOR), ("noise", 1.0)):
-            a, b = {}, {}
-            SOLVERS["ilsqr"](f, mask, geom, lam=chooser, info=a, iterations=3)
-            SOLVERS["ndi"](f, mask, geom, lam=chooser, info=b, iterations=3)
-            assert b["lambda"] == pytest.approx(factor * a["lambda"], rel=1e-6)
 
 
 def test_tv_auto_reports_the_floored_model_weight():

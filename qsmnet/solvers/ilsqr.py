@@ -18,7 +18,7 @@ error on the magic-angle cone into streaks.
 of :mod:`.lam` times the model-error factor :func:`~qsmnet.solvers.select.model_error_factor`,
 times :data:`DAMP_FACTOR`, at least :data:`DAMP_FLOOR` under model error. ``"lcurve"`` /
 ``"freq"`` run a warm-started sweep over the damping (:data:`SWEEP`) and pick from it. NDI
-(:mod:`.ndi`) uses the same rule times its ``MODEL_FACTOR`` (0.8).
+(:mod:`.ndi`) uses the same weight.
 """
 
 from __future__ import annotations

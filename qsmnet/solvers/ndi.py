@@ -23,9 +23,8 @@ descent from zero settles at a wrong stationary point (v2 haemorrhage heads: 91 
 iLSQR's 54 %). From the least-squares start the residual phase is the model error's, well below pi,
 and the descent refines within that basin. ``start="zero"`` keeps Polak et al.'s start.
 
-``lam="auto"`` (= ``"model"``) is the damping rule of :func:`.ilsqr.auto_damping` (noise
-balance x model-error factor) times :data:`MODEL_FACTOR`; ``"noise"`` that rule's noise balance;
-``"lcurve"`` / ``"freq"`` a warm-started sweep over the weight.
+``lam="auto"`` (= ``"model"``) uses the damping rule of :func:`.ilsqr.auto_damping` (noise
+balance x model-error factor); ``"lcurve"`` / ``"freq"`` a warm-started sweep over the weight.
 """
 
 from __future__ import annotations
@@ -43,14 +42,6 @@ from .registry import register
 
 #: Phase per ppm of a typical 3 T gradient echo (TE = 20 ms), used when ``phase_scale`` is None.
 DEFAULT_PHASE_SCALE = float(ppm_to_rad(1.0, te=0.02, b0=3.0))
-#: NDI's ``"model"`` damping is iLSQR's times this. The identity damping shrinks a strong source
-#: (a haematoma), and as the residual phase grows the sine's pull back weakens, so above its best
-#: weight NDI loses far faster than the linear model: on benchmark v2's haemorrhage heads +19.6 %
-#: nRMSE at 1.8x the best damping and +0.5 % at 0.56x (iLSQR: flat), the loss near the haematoma
-#: (docs/regularisation.md, session 28). On healthy heads and brains the curve is flat within 2x of
-#: the best, and iLSQR's rule lands at 0.65-1.63x NDI's best over the 13 realistic cases measured;
-#: 0.8 moves the steep side's cases inside the bars without pushing a flat side's out of them.
-MODEL_FACTOR = 0.8
 #: Largest |D| (the kernel's 2/3) and the stability bound of the step: step (4/9 + lam) < 2.
 _D2_MAX = 4.0 / 9.0
 
@@ -104,8 +95,7 @@ def ndi(
             last relative update), ``phase_scale``, ``lambda`` (the Tikhonov weight),
             ``lambda_method`` and, after a sweep, ``lambda_sweep``.
         magnitude: optional magnitude (data weight W = mask x magnitude / max); else W = mask.
-        lam: Tikhonov weight (> 0) or a chooser: ``"auto"`` (default, = ``"model"``: iLSQR's
-            damping rule x :data:`MODEL_FACTOR`),
+        lam: Tikhonov weight (> 0) or a chooser: ``"auto"`` (default, = ``"model"``),
             ``"noise"``, ``"lcurve"``, ``"freq"`` (:mod:`qsmnet.solvers.select`).
         iterations: iteration cap (default 1000; not reached for lam >= 3e-3).
         step: gradient step (default 2, Polak et al.; lowered to 1.9 / (4/9 + lam) if larger).
@@ -142,7 +132,7 @@ def ndi(
         if method == "fixed":
             w = float(lam)
         elif method in ("noise", "model"):
-            w = auto_damping(q, method) * (MODEL_FACTOR if method == "model" else 1.0)
+            w = auto_damping(q, method)
         else:  # a sweep's states are descents warm-started from the previous weight's answer
             rec = damping_sweep(
                 q, lambda v, x, q=q, wb=wb: descend(q, wb, s, step, v, tol, iterations, begin(q, v, x))[0],

@@ -30,7 +30,7 @@ error at the mask edge of a pipeline local field raised ``rho`` so much that it 
 large. Measured comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
 
 ilsqr and ndi are damped problems run to convergence; their ``"model"`` weight is the damping
-rule :func:`qsmnet.solvers.ilsqr.auto_damping` (NDI's times :data:`qsmnet.solvers.ndi.MODEL_FACTOR`).
+rule :func:`qsmnet.solvers.ilsqr.auto_damping`.
 
 Tikhonov (gradient regulariser) takes one chooser of its own, ``"wiener"``
 (:func:`qsmnet.solvers.tikhonov.wiener_weight`: the weight at which its closed form is the Wiener

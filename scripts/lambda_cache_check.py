@@ -1,0 +1,103 @@
+"""A solver's automatic weight against a grid around it, on cached training heads (held out from its rule).
+
+The training caches (``data/cache/<hash>/vol_*.pt``, built by ``qsmnet-train`` from
+``conf/data/sim_head.yaml``) hold whole heads of benchmark v2's profile at other seeds: tilted B0,
+1-1.2 mm or ~1x1x2 mm voxels, V-SHARP or PDF local fields, some with haematomas. For each volume and
+solver this solves at ``auto`` x each ``--grid`` multiple (each a full solve, as a user runs it) and,
+with ``--former``, at the rule the solver had before session 28 (TV / MEDI: the model-error factor
+read in the coarsest axis' band; iLSQR / NDI: unchanged). It prints, per solver and volume, the
+grid's best weight and the ratio and nRMSE penalty of ``auto`` (and of the former rule) to it.
+
+    OMP_NUM_THREADS=2 python scripts/lambda_cache_check.py --cache data/cache/7fd60c693055 \\
+        --volumes 28 7 --solvers tv medi --grid 0.5 0.71 1 1.41 2 --former --json out.json
+
+The best is a grid point, so a ratio at the grid's edge is a bound, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from qsmnet.metrics import nrmse
+from qsmnet.physics import Geometry
+from qsmnet.solvers import SOLVERS, select
+from qsmnet.solvers.base import prepare
+
+
+def load(folder: Path, index: int):
+    v = torch.load(folder / f"vol_{index:05d}.pt")
+    geom = Geometry(tuple(v["field"].shape[-3:]), tuple(v["voxel_size"]), tuple(v["b0_dir"]))
+    return v["field"][0], v["mask"][0], v["chi"][0], geom
+
+
+def weights(solver: str, p) -> tuple[float, float]:
+    """(auto, former) weight of ``solver`` on problem ``p``."""
+    if solver in ("tv", "medi"):
+        from qsmnet.solvers.lam import balanced_lambda
+        from qsmnet.solvers.tikhonov import pilot
+
+        noise = float(balanced_lambda(p, pilot(p), "l1")[0])
+        s = select.robust_field_std(p)
+        former = noise * select.model_error_factor(p)  # the coarse band's factor
+        if select.cone_power(p) > select.RHO0:
+            former = min(max(former, select.L1_FLOOR * s), select.L1_CEIL * s)
+        return select.model_l1_lambda(p, noise), former
+    from qsmnet.solvers.ilsqr import auto_damping
+
+    d = auto_damping(p, "model")  # iLSQR's and NDI's rule, unchanged in session 28
+    return d, d
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", required=True, type=Path, help="a cache folder, data/cache/<hash>")
+    ap.add_argument("--volumes", nargs="+", type=int, required=True, help="volume indices")
+    ap.add_argument("--solvers", nargs="+", default=["tv", "medi"], choices=["tv", "medi", "ilsqr", "ndi"])
+    ap.add_argument("--grid", nargs="+", type=float, default=[0.5, 0.71, 1.0, 1.41, 2.0],
+                    help="multiples of the auto weight to solve at (default 0.5 0.71 1 1.41 2)")
+    ap.add_argument("--former", action="store_true", help="also solve at the pre-session-28 rule")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = []
+    for i in args.volumes:
+        field, mask, chi, geom = load(args.cache, i)
+        p = prepare(field, mask, geom)
+        name = f"{args.cache.name}/{i}"
+        vox = "x".join(f"{v:.2f}" for v in geom.voxel_size)
+        print(f"{name} voxel {vox} rho {select.cone_power(p):.3f} (finest band "
+              f"{select.cone_power(p, finest=True):.3f})", flush=True)
+        for solver in args.solvers:
+            auto, former = weights(solver, p)
+            lams = sorted({auto * c for c in args.grid} | ({former} if args.former else set()))
+            rows = []
+            for lam in lams:
+                t, info = time.perf_counter(), {}
+                x = torch.as_tensor(SOLVERS[solver](field, mask, geom, lam=lam, info=info))
+                e = float(nrmse(x.numpy(), chi.numpy(), mask.numpy()))
+                rows.append([lam, e])
+                print(f"   {solver} {lam:.3e}: {e:.2f} % ({info.get('iterations')} it, "
+                      f"{time.perf_counter() - t:.0f} s)", flush=True)
+            best = min(rows, key=lambda r: r[1])
+            score = dict((r[0], r[1]) for r in rows)
+            row = dict(volume=name, solver=solver, voxel=list(geom.voxel_size), auto=auto, former=former,
+                       rows=rows, best=best,
+                       auto_ratio=auto / best[0], auto_penalty=100 * (score[auto] / best[1] - 1))
+            text = f"auto {row['auto_ratio']:.2f}x {row['auto_penalty']:+.1f} %"
+            if args.former:
+                row.update(former_ratio=former / best[0], former_penalty=100 * (score[former] / best[1] - 1))
+                text += f" | former {row['former_ratio']:.2f}x {row['former_penalty']:+.1f} %"
+            print(f"  {name} {solver}: best {best[0]:.3e} ({best[1]:.2f}) | {text}", flush=True)
+            out.append(row)
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
