@@ -412,3 +412,17 @@ def test_tv_auto_reports_the_floored_model_weight():
     SOLVERS["tv"](model, mask, geom, lam="auto", iterations=3, info=info)
     assert info["lambda_method"] == "model"
     assert info["lambda"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_realdata_script_passes_a_numeric_lambda_as_a_number():
+    # scripts/lambda_realdata.py --runs tv:0.001 passed "0.001" on as a string, which every solver
+    # refused; a chooser name stays a string
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from lambda_realdata import _params
+
+    assert _params("0.0123") == {"lam": pytest.approx(0.0123)} and isinstance(_params("0.0123")["lam"], float)
+    assert _params("auto") == {"lam": "auto"}
+    assert _params("dc=0.3,flips=1") == {"dc": 0.3, "flips": 1}
