@@ -204,14 +204,24 @@ def cone_power(p: Problem, finest: bool = False) -> float:
     dipole field dominates more than at the 0.125-0.375 of a 1 mm scan; white noise, flat in k,
     weighs more in the finer band (:func:`model_error_factor` uses each where it fits).
     """
+    return cone_powers(p)[1 if finest else 0]
+
+
+def cone_powers(p: Problem) -> tuple[float, float]:
+    """:func:`cone_power` in the coarsest axis' band and in the finest axis' band, from one FFT of the
+    field (the same number twice on isotropic voxels)."""
     f = p.field[0, 0].clone()
     m = p.mask[0, 0] > 0
     if m.sum() > 1:
         f[m] -= f[m].mean()
     f = f * p.mask[0, 0]
     a = torch.fft.rfftn(f).abs().square()
-    cone, far = frequency_masks(p, cone_d=0.05, far_d=-1.0, finest=finest)
-    return float(a[cone].mean() / a[far].mean().clamp_min(1e-30))
+    vox = p.op.geometries[0].voxel_size
+    out = []
+    for finest in (False, True) if max(vox) > min(vox) else (False,):
+        cone, far = frequency_masks(p, cone_d=0.05, far_d=-1.0, finest=finest)
+        out.append(float(a[cone].mean() / a[far].mean().clamp_min(1e-30)))
+    return out[0], out[-1]
 
 
 def band_amplitudes(chi: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], spectrum: bool = False):
@@ -325,8 +335,8 @@ def bounded_model_weight(
     (``finest`` passed on), kept within ``[floor, ceil]`` only when the field carries model error
     (``rho > RHO0``; the white-noise rule is left as it is). Shared by TV / MEDI
     (:func:`model_l1_lambda`) and the iLSQR / NDI damping (:func:`qsmnet.solvers.ilsqr.auto_damping`)."""
-    rho = cone_power(p)
-    lam = noise_lambda * model_error_factor(p, rho, finest)
+    rho, read = _model_error_reading(p, finest)
+    lam = noise_lambda * max(1.0, read / RHO0) ** RHO_EXPONENT
     return min(max(lam, floor), ceil) if rho > RHO0 else lam
 
 
@@ -350,11 +360,20 @@ def model_error_factor(p: Problem, rho: float | None = None, finest: bool = Fals
     at the 1 mm twin's frequencies. Whether there is model error at all is still decided in the
     coarse band, where white noise stays below RHO0 (clean 1x1x2 mm cases: 0.03-0.04 there,
     0.10-0.11 in the finer band)."""
-    rho = cone_power(p) if rho is None else rho
-    vox = p.op.geometries[0].voxel_size
-    if finest and rho > RHO0 and max(vox) > min(vox):
-        rho = cone_power(p, finest=True)
-    return max(1.0, rho / RHO0) ** RHO_EXPONENT
+    return max(1.0, _model_error_reading(p, finest, rho)[1] / RHO0) ** RHO_EXPONENT
+
+
+def _model_error_reading(p: Problem, finest: bool, rho: float | None = None) -> tuple[float, float]:
+    """(cone power in the coarse band, which decides whether there is model error; the cone power the
+    factor reads): the finest axis' band's with ``finest`` under model error, else the coarse one.
+    One FFT of the field when ``rho`` is not given (:func:`cone_powers`)."""
+    if not finest:
+        rho = cone_power(p) if rho is None else rho
+        return rho, rho
+    coarse, fine = cone_powers(p) if rho is None else (rho, None)
+    if coarse <= RHO0:
+        return coarse, coarse
+    return coarse, cone_power(p, finest=True) if fine is None else fine
 
 
 def resolve(lam, accepts: Sequence[str] = ()) -> str:
