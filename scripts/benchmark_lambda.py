@@ -144,6 +144,15 @@ def load_cases(args) -> list[dict]:
     return cases
 
 
+def cache_case(folder: Path, index: int) -> dict:
+    """Volume ``index`` of a training cache (``qsmnet.data.PrecomputedDataset``'s ``vol_NNNNN.pt``) as a
+    case dict: ``name`` (``<hash>/<index>``), ``field``, ``mask``, ``chi`` (X, Y, Z) and ``geom``."""
+    v = torch.load(Path(folder) / f"vol_{index:05d}.pt")
+    geom = Geometry(tuple(v["field"].shape[-3:]), tuple(v["voxel_size"]), tuple(v["b0_dir"]))
+    return dict(name=f"{Path(folder).name}/{index}", field=v["field"][0], mask=v["mask"][0], chi=v["chi"][0],
+                geom=geom)
+
+
 def err(chi, c) -> float:
     return float(nrmse(chi.numpy(), c["chi"].numpy(), c.get("score_mask", c["mask"]).numpy()))
 

@@ -22,17 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_lambda import cache_case
 
 from qsmnet.metrics import nrmse
-from qsmnet.physics import Geometry
 from qsmnet.solvers import SOLVERS, select
 from qsmnet.solvers.base import prepare
-
-
-def load(folder: Path, index: int):
-    v = torch.load(folder / f"vol_{index:05d}.pt")
-    geom = Geometry(tuple(v["field"].shape[-3:]), tuple(v["voxel_size"]), tuple(v["b0_dir"]))
-    return v["field"][0], v["mask"][0], v["chi"][0], geom
 
 
 def weights(solver: str, p) -> tuple[float, float]:
@@ -43,9 +37,7 @@ def weights(solver: str, p) -> tuple[float, float]:
 
         noise = float(balanced_lambda(p, pilot(p), "l1")[0])
         s = select.robust_field_std(p)
-        former = noise * select.model_error_factor(p)  # the coarse band's factor
-        if select.cone_power(p) > select.RHO0:
-            former = min(max(former, select.L1_FLOOR * s), select.L1_CEIL * s)
+        former = select.bounded_model_weight(p, noise, select.L1_FLOOR * s, select.L1_CEIL * s)  # coarse band
         return select.model_l1_lambda(p, noise), former
     from qsmnet.solvers.ilsqr import auto_damping
 
@@ -67,12 +59,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = []
     for i in args.volumes:
-        field, mask, chi, geom = load(args.cache, i)
+        c = cache_case(args.cache, i)
+        field, mask, chi, geom, name = c["field"], c["mask"], c["chi"], c["geom"], c["name"]
         p = prepare(field, mask, geom)
-        name = f"{args.cache.name}/{i}"
         vox = "x".join(f"{v:.2f}" for v in geom.voxel_size)
-        print(f"{name} voxel {vox} rho {select.cone_power(p):.3f} (finest band "
-              f"{select.cone_power(p, finest=True):.3f})", flush=True)
+        rho, rho_fine = select.cone_powers(p)
+        print(f"{name} voxel {vox} rho {rho:.3f} (finest band {rho_fine:.3f})", flush=True)
         for solver in args.solvers:
             auto, former = weights(solver, p)
             lams = sorted({auto * c for c in args.grid} | ({former} if args.former else set()))

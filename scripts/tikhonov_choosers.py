@@ -75,14 +75,8 @@ def load(args) -> list[dict]:
         cases.append(dict(name=Path(folder).name, field=torch.as_tensor(f).float(),
                           mask=torch.as_tensor(m).float(), geom=g, chi=None))
     if args.cache:
-        from qsmnet.physics import Geometry
-
-        folder = Path(args.cache)
-        for i in range(args.first, args.first + args.every * args.count, args.every):
-            v = torch.load(folder / f"vol_{i:05d}.pt")
-            g = Geometry(tuple(v["field"].shape[-3:]), tuple(v["voxel_size"]), tuple(v["b0_dir"]))
-            cases.append(dict(name=f"{folder.name}/{i}", field=v["field"][0], mask=v["mask"][0], geom=g,
-                              chi=v["chi"][0]))
+        cases += [bl.cache_case(Path(args.cache), i)
+                  for i in range(args.first, args.first + args.every * args.count, args.every)]
     return cases
 
 
