@@ -215,18 +215,7 @@ def test_tikhonov_model_rule_follows_the_model_error_share_only_under_model_erro
     clean = smooth_phantom(7, n=31)[1]
 
     def rho(f, g):
-        pads = tk.padding(mask[None, None], tk.PAD)
-        m = np.pad(mask.numpy() > 0, [(0, n) for n in pads])
-        v = np.pad(f.numpy().astype(np.float64), [(0, n) for n in pads])
-        v[m] -= v[m].mean()
-        a = np.abs(np.fft.rfftn(v * m)) ** 2
-        k = np.meshgrid(*[np.fft.fftfreq(n, d) for n, d in zip(m.shape[:2], g.voxel_size[:2], strict=True)],
-                        np.fft.rfftfreq(m.shape[2], g.voxel_size[2]), indexing="ij")
-        kk = np.sqrt(sum(c * c for c in k))
-        d = np.abs(1 / 3 - (k[2] / np.where(kk > 0, kk, 1)) ** 2)
-        ny = 0.5 / max(g.voxel_size)
-        band = (kk >= select.BAND[0] * ny) & (kk <= select.BAND[1] * ny)
-        return a[band & (d < 0.05)].mean() / a[band].mean()
+        return _numpy_cone_power(f, mask, g, finest=False, pads=tk.padding(mask[None, None], tk.PAD))
 
     def auto(f, g=geom, lam="model"):
         info = {}
@@ -334,11 +323,11 @@ def test_l1_model_weight_is_bracketed_by_the_robust_field_std_only_under_model_e
     assert select.model_l1_lambda(pw, big) == pytest.approx(big * select.model_error_factor(pw), rel=1e-6)
 
 
-def _numpy_cone_power(f, mask, g, finest: bool) -> float:
-    """rho of :func:`select.cone_power` with numpy on the unpadded grid: the band BAND of the
-    coarsest (or finest) axis' Nyquist, the cone |D| < 0.05, the field demeaned in the mask."""
-    m = mask.numpy() > 0
-    v = f.numpy().astype(np.float64).copy()
+def _numpy_cone_power(f, mask, g, finest: bool, pads=(0, 0, 0)) -> float:
+    """rho of :func:`select.cone_power` with numpy, on the grid zero-padded by ``pads``: the band BAND of
+    the coarsest (or finest) axis' Nyquist, the cone |D| < 0.05, the field demeaned in the mask."""
+    m = np.pad(mask.numpy() > 0, [(0, n) for n in pads])
+    v = np.pad(f.numpy().astype(np.float64), [(0, n) for n in pads])
     v[m] -= v[m].mean()
     a = np.abs(np.fft.rfftn(v * m)) ** 2
     k = np.meshgrid(*[np.fft.fftfreq(n, d) for n, d in zip(m.shape[:2], g.voxel_size[:2], strict=True)],
