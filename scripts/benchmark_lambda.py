@@ -247,6 +247,7 @@ def run_solver(
                 seconds=dt,
                 iterations=info.get("iterations"),
                 one_solve_s=t_one,
+                misfit_match=info.get("misfit_match"),  # NDI auto: target and [damping, misfit] tried
                 dense=dense,
             )
         )

@@ -599,3 +599,20 @@ def test_tikhonov_strong_sources_first_from_the_command_line(tmp_path):
         else:
             assert "strong_voxels" not in side
     assert reads["strong"] > 1.15 > reads["plain"], reads  # true 1.3
+
+
+def test_ndi_sidecar_records_its_misfit_match(tmp_path):
+    # NDI's auto damping is iLSQR's rule, lowered only where NDI's misfit exceeds iLSQR's: the sidecar
+    # says what it tried, and the weight it reports is one of the tried ones
+    from test_solvers import haematoma_phantom
+
+    _, field, mask, _, _ = haematoma_phantom(model_error=0.3)
+    paths = {k: tmp_path / f"{k}.nii.gz" for k in ("field", "mask")}
+    nib.save(nib.Nifti1Image(field.numpy(), np.eye(4)), paths["field"])
+    nib.save(nib.Nifti1Image(mask.numpy().astype(np.uint8), np.eye(4)), paths["mask"])
+    out = tmp_path / "ndi.nii.gz"
+    assert predict(paths["field"], paths["mask"], out, "--method", "ndi") == 0
+    side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+    match = side["misfit_match"]
+    assert side["lambda_method"] == "model" and 0 < match["target"] < 1
+    assert side["lambda"] in [w for w, _ in match["path"]] and match["path"][0][0] >= side["lambda"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_solvers import nrmse, smooth_phantom
+from test_solvers import haematoma_phantom, nrmse, smooth_phantom
 
 from qsmnet.physics import forward_field
 from qsmnet.solvers import SOLVERS, select
@@ -388,6 +388,54 @@ def test_ilsqr_damping_is_floored_only_under_model_error(monkeypatch):
     info = {}
     SOLVERS["ilsqr"](model, mask, geom, info=info)
     assert info["lambda"] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_misfit_match_meets_its_target_within_its_solves_and_above_the_floor():
+    from qsmnet.solvers import ndi
+
+    def run(curve, w0, target):
+        calls = []
+
+        def solve(w):
+            calls.append(w)
+            return curve(w), w
+
+        w, result, path = ndi.match_misfit(solve, w0, target, (curve(w0), w0))
+        assert result == w and path[0] == [w0, curve(w0)] and len(calls) <= ndi.MATCH_SOLVES
+        assert min(calls) >= ndi.DAMP_FLOOR and max(calls) < w0
+        return w
+
+    # a smooth power law, steeper than the first step assumes: the secant reaches 5 % in two solves
+    power = lambda w: 0.5 * (w / 0.03) ** 0.8  # noqa: E731
+    w = run(power, 0.03, 0.4)
+    assert power(w) == pytest.approx(0.4, rel=0.05) and w == pytest.approx(0.03 * 0.8**1.25, rel=0.07)
+    # a jump (the descent keeps the source below 0.03, lets it go above): the largest damping that meets
+    # the target, not an interpolation across the jump
+    jump = lambda w: 0.2 if w < 0.03 else 0.6 * (w / 0.05) ** 0.5  # noqa: E731
+    assert jump(run(jump, 0.05, 0.4)) <= 0.42
+    # a target only a damping below the floor would meet: the floor
+    assert run(power, 0.03, 0.05) == pytest.approx(ndi.DAMP_FLOOR)
+
+
+def test_ndi_auto_lowers_the_damping_only_where_the_descent_lets_a_strong_source_go(monkeypatch):
+    """At iLSQR's damping the sine's weak pull lets a 1 ppm sphere shrink: NDI's misfit is far above its
+    least-squares start's. The match lowers the damping until they agree, and the sphere comes back."""
+    from qsmnet.solvers import ndi
+
+    monkeypatch.setattr(ndi, "auto_damping", lambda q, method: 0.05)  # the rule's weight on a head
+    chi, field, m, g, mask = haematoma_phantom(model_error=0.3)
+    info = {}
+    x = SOLVERS["ndi"](field, m, g, info=info)
+    match = info["misfit_match"]
+    assert match["path"][0][0] == 0.05 and match["path"][0][1] > ndi.MISFIT_EXCESS * match["target"]
+    assert info["lambda"] < 0.05 and info["residual"] <= 1.05 * match["target"] + 1e-6
+    assert nrmse(x, chi, mask) < 0.85 * nrmse(SOLVERS["ndi"](field, m, g, lam=0.05), chi, mask)
+    # no strong source: NDI stays in the linear regime at the same weight, and nothing changes
+    chi, field, m, g, mask = haematoma_phantom(model_error=0.3, blob=0.0)
+    info = {}
+    x = SOLVERS["ndi"](field, m, g, info=info)
+    assert len(info["misfit_match"]["path"]) == 1 and info["lambda"] == 0.05
+    assert torch.equal(x, SOLVERS["ndi"](field, m, g, lam=0.05))
 
 
 def test_tv_auto_reports_the_floored_model_weight():

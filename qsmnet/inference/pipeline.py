@@ -301,7 +301,7 @@ def predict_file(
             "auto" if params.get("lam") == "auto" else "fixed" if "lam" in params else "default")  # fmt: skip
     if info.get("residual") is not None:
         sidecar["residual_method"] = info["residual"]
-    for key in ("strong_voxels", "model", "inference", "half", "refine", "dc", "guard"):
+    for key in ("strong_voxels", "misfit_match", "model", "inference", "half", "refine", "dc", "guard"):
         if key in info:
             sidecar[key] = info[key]
     if residual_map is not None:

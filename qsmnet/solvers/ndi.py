@@ -23,12 +23,22 @@ descent from zero settles at a wrong stationary point (v2 haemorrhage heads: 91 
 iLSQR's 54 %). From the least-squares start the residual phase is the model error's, well below pi,
 and the descent refines within that basin. ``start="zero"`` keeps Polak et al.'s start.
 
-``lam="auto"`` (= ``"model"``) uses the damping rule of :func:`.ilsqr.auto_damping` (noise
-balance x model-error factor); ``"lcurve"`` / ``"freq"`` a warm-started sweep over the weight.
+``lam="auto"`` (= ``"model"``) starts from the damping rule of :func:`.ilsqr.auto_damping` (noise
+balance x model-error factor) and **matches the misfit** (:func:`match_misfit`): the linear misfit
+``||M (A chi - f)|| / ||M f||`` that iLSQR leaves at that weight is the rule's estimate of what the
+field holds beyond the dipole model, and NDI should leave no more. Where the descent stays in the
+linear regime (healthy heads: NDI's misfit 1.00-1.03x its start's) nothing changes. Near a
+haematoma the damping shrinks the source, the residual phase grows, the sine's pull weakens and the
+descent lets the source go further: NDI's misfit reached 1.2-1.9x its start's there, and its nRMSE
+8-17 % above its best damping. There the damping is lowered (at most :data:`MATCH_SOLVES` more
+solves) until NDI's misfit matches iLSQR's at the rule's weight (docs/regularisation.md, session 29).
+``"noise"`` and a number run one descent at that weight; ``"lcurve"`` / ``"freq"`` a warm-started
+sweep over the weight.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -36,14 +46,26 @@ import torch
 from qsmnet.physics import ppm_to_rad
 
 from . import select
-from .base import Problem, finish, prepare, sub_problem
-from .ilsqr import SWEEP, auto_damping, cg_solve, damping_sweep
+from .base import Problem, finish, prepare, relative_residual, sub_problem
+from .ilsqr import DAMP_FLOOR, SWEEP, auto_damping, cg_solve, damping_sweep
 from .registry import register
 
 #: Phase per ppm of a typical 3 T gradient echo (TE = 20 ms), used when ``phase_scale`` is None.
 DEFAULT_PHASE_SCALE = float(ppm_to_rad(1.0, te=0.02, b0=3.0))
 #: Largest |D| (the kernel's 2/3) and the stability bound of the step: step (4/9 + lam) < 2.
 _D2_MAX = 4.0 / 9.0
+#: ``lam="auto"``: the damping is lowered where NDI's misfit exceeds its target (iLSQR's misfit at the
+#: rule's weight) by more than this factor; healthy heads measured 1.00-1.03, haematoma heads 1.15-1.9.
+MISFIT_EXCESS = 1.1
+#: Extra solves the misfit match may take (each an iLSQR start and a descent), and the lowest damping
+#: it may reach, as a fraction of the rule's; never below iLSQR's floor :data:`.ilsqr.DAMP_FLOOR`, the
+#: lowest best damping measured on realistic heads (0.0095): below it a 2.4 mm-slice haematoma head
+#: whose rule sits at the floor lost 10 % (docs/regularisation.md, session 29).
+MATCH_SOLVES = 2
+MATCH_LOWEST = 0.125
+#: NDI's misfit grows about as damping ** 0.5 near the rule's weight on the haematoma heads measured
+#: (0.3-0.65); the match's first step assumes it, later steps use the measured slope (secant).
+MATCH_SLOPE = 0.5
 
 
 def descent_path(
@@ -68,6 +90,35 @@ def descend(p, w2, s, step, lam, tol, iterations, chi0=None) -> tuple[torch.Tens
         if delta < tol or k >= iterations:
             return chi, k, delta
     raise AssertionError("unreachable")
+
+
+def match_misfit(solve, w0: float, target: float, first: tuple) -> tuple[float, tuple, list]:
+    """Lower the damping from ``w0`` until NDI's misfit matches ``target`` (log-log secant steps).
+
+    ``solve(w) -> (misfit, result)``; ``first`` = ``(misfit, result)`` at ``w0``. Stops within 5 % of
+    the target or after :data:`MATCH_SOLVES` solves, the damping kept in
+    [max(:data:`MATCH_LOWEST` x ``w0``, :data:`.ilsqr.DAMP_FLOOR`), ``w0``]. Returns
+    ``(damping, result, path)``: the largest damping tried whose misfit is at most 1.05x the target
+    (else the one with the smallest misfit), its result, and the ``[damping, misfit]`` pairs tried.
+    """
+    tried = [(w0, *first)]
+    lowest = min(w0, max(MATCH_LOWEST * w0, DAMP_FLOOR))
+    slope = MATCH_SLOPE
+    for _ in range(MATCH_SOLVES):
+        w_prev, m_prev = tried[-1][0], tried[-1][1]
+        w = min(max(w_prev * (target / m_prev) ** (1.0 / slope), lowest), w0)
+        if abs(math.log(w / w_prev)) < math.log(1.1):
+            break  # a step under 10 % (or clamped at the floor) is not worth a solve
+        tried.append((w, *solve(w)))
+        if abs(math.log(tried[-1][1] / target)) < math.log(1.05):
+            break
+        slope = (math.log(tried[-1][1]) - math.log(m_prev)) / (math.log(w) - math.log(w_prev))
+        slope = min(max(slope, 0.2), 1.0)  # a noisy or flat pair: keep the step bounded
+    # the largest damping that meets the target (within 5 %), else the smallest misfit: a haematoma can
+    # make the misfit jump with the damping (the descent lets the source go), so no interpolation
+    met = [t for t in tried if t[1] <= 1.05 * target]
+    w, _, result = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[1])
+    return w, result, [[t[0], t[1]] for t in tried]
 
 
 @register("ndi")
@@ -95,7 +146,9 @@ def ndi(
             last relative update), ``phase_scale``, ``lambda`` (the Tikhonov weight),
             ``lambda_method`` and, after a sweep, ``lambda_sweep``.
         magnitude: optional magnitude (data weight W = mask x magnitude / max); else W = mask.
-        lam: Tikhonov weight (> 0) or a chooser: ``"auto"`` (default, = ``"model"``),
+        lam: Tikhonov weight (> 0) or a chooser: ``"auto"`` (default, = ``"model"``: iLSQR's
+            damping rule, lowered where NDI's misfit exceeds iLSQR's, :func:`match_misfit`; then
+            ``info["misfit_match"]`` holds the target and the ``[damping, misfit]`` pairs tried),
             ``"noise"``, ``"lcurve"``, ``"freq"`` (:mod:`qsmnet.solvers.select`).
         iterations: iteration cap (default 1000; not reached for lam >= 3e-3).
         step: gradient step (default 2, Polak et al.; lowered to 1.9 / (4/9 + lam) if larger).
@@ -125,7 +178,7 @@ def ndi(
         mag = (mag[None, None] if mag.dim() == 3 else mag).expand_as(p.field) * p.mask
         mag = mag / mag.flatten(1).amax(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1, 1)
         w2 = mag * mag
-    chis, stops, deltas, lams, sweeps = [], [], [], [], []
+    chis, stops, deltas, lams, sweeps, matches = [], [], [], [], [], []
     for b in range(p.field.shape[0]):
         q, wb = sub_problem(p, b), w2[b : b + 1]
         chi0 = None
@@ -141,10 +194,25 @@ def ndi(
             w = select.choose(rec, method)
             chi0 = select.nearest_state(rec, w)["chi"]
             sweeps.append(rec)
-        chi, k, delta = descend(q, wb, s, step, w, tol, iterations, begin(q, w, chi0))
+        x0 = begin(q, w, chi0)
+        chi, k, delta = descend(q, wb, s, step, w, tol, iterations, x0)
+        if method == "model":  # the misfit match: NDI leaves no more misfit than iLSQR at the rule's weight
+            target = relative_residual(q, x0 if start == "lsq" else cg_solve(q, w)[0])
+            misfit = relative_residual(q, chi * q.mask)  # the output's misfit (chi is masked on return)
+            path = [[w, misfit]]
+            if misfit > MISFIT_EXCESS * target:
+
+                def solve(v, q=q, wb=wb):
+                    out = descend(q, wb, s, step, v, tol, iterations, begin(q, v, None))
+                    return relative_residual(q, out[0] * q.mask), out
+
+                w, (chi, k, delta), path = match_misfit(solve, w, target, (misfit, (chi, k, delta)))
+            matches.append(dict(target=target, path=path))
         chis.append(chi)
         stops.append(k)
         deltas.append(delta)
         lams.append(w)
-    select.report(info, lams[0] if len(lams) == 1 else lams, method, sweeps[0] if len(sweeps) == 1 else None)
+    extra = {"misfit_match": matches[0] if len(matches) == 1 else matches} if matches else {}
+    lam_out = lams[0] if len(lams) == 1 else lams
+    select.report(info, lam_out, method, sweeps[0] if len(sweeps) == 1 else None, **extra)
     return finish(p, torch.cat(chis), info, max(stops), phase_scale=s, update=max(deltas))

@@ -30,7 +30,8 @@ error at the mask edge of a pipeline local field raised ``rho`` so much that it 
 large. Measured comparison: ``docs/regularisation.md`` (``scripts/benchmark_lambda.py``).
 
 ilsqr and ndi are damped problems run to convergence; their ``"model"`` weight is the damping
-rule :func:`qsmnet.solvers.ilsqr.auto_damping`.
+rule :func:`qsmnet.solvers.ilsqr.auto_damping`, which NDI lowers where its converged misfit exceeds
+iLSQR's at that weight (:func:`qsmnet.solvers.ndi.match_misfit`: a strong source that the sine lets go).
 
 Tikhonov (gradient regulariser) takes one chooser of its own, ``"wiener"``
 (:func:`qsmnet.solvers.tikhonov.wiener_weight`: the weight at which its closed form is the Wiener
