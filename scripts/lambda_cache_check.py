@@ -86,8 +86,8 @@ def main(argv=None) -> None:
                     help="reuse the grid rows of earlier --json output for the same volume and solver")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    stored = {(r["volume"], r["solver"]): r["rows"] for f in args.rows_from for r in json.loads(f.read_text())
-              }
+    earlier = [r for f in args.rows_from for r in json.loads(f.read_text())]
+    stored = {(r["volume"], r["solver"]): r["rows"] for r in earlier}
     out = []
     for i in args.volumes:
         c = cache_case(args.cache, i)
