@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_solvers import haematoma_phantom, nrmse, smooth_phantom
 
-from qsmnet.physics import forward_field
+from qsmnet.physics import Geometry, forward_field
 from qsmnet.solvers import SOLVERS, select
 from qsmnet.solvers.base import prepare
 from qsmnet.solvers.lam import as_lambda
@@ -430,12 +430,20 @@ def test_ndi_auto_lowers_the_damping_only_where_the_descent_lets_a_strong_source
     assert match["path"][0][0] == 0.05 and match["path"][0][1] > ndi.MISFIT_EXCESS * match["target"]
     assert info["lambda"] < 0.05 and info["residual"] <= 1.05 * match["target"] + 1e-6
     assert nrmse(x, chi, mask) < 0.85 * nrmse(SOLVERS["ndi"](field, m, g, lam=0.05), chi, mask)
-    # no strong source: NDI stays in the linear regime at the same weight, and nothing changes
-    chi, field, m, g, mask = haematoma_phantom(model_error=0.3, blob=0.0)
-    info = {}
-    x = SOLVERS["ndi"](field, m, g, info=info)
-    assert len(info["misfit_match"]["path"]) == 1 and info["lambda"] == 0.05
-    assert torch.equal(x, SOLVERS["ndi"](field, m, g, lam=0.05))
+    # no strong source: NDI stays in the linear regime at the same weight, and nothing changes; nor on
+    # white noise alone (no model error: the rule is the noise balance), whatever the misfits say
+    # nor on 2 mm slices, where healthy heads show the same excess as haematoma heads
+    _, healthy, hm, hg, _ = haematoma_phantom(model_error=0.3, blob=0.0)
+    white, _, wm, wg = _white_and_model_fields()
+    thick = Geometry(g.shape, (1.0, 1.0, 2.0), g.b0_dir)
+    for f, mk, gk in ((healthy, hm, hg), (white, wm, wg), (field, m, thick)):
+        info = {}
+        x = SOLVERS["ndi"](f, mk, gk, info=info)
+        assert len(info["misfit_match"]["path"]) == 1 and info["lambda"] == 0.05
+        assert torch.equal(x, SOLVERS["ndi"](f, mk, gk, lam=0.05))
+        excess = info["misfit_match"]["path"][0][1] / info["misfit_match"]["target"]
+        assert excess > ndi.MISFIT_EXCESS or f is healthy, excess
+    assert select.cone_power(prepare(white, wm, wg)) <= select.RHO0
 
 
 def test_tv_auto_reports_the_floored_model_weight():
