@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 
@@ -129,6 +130,31 @@ def match_misfit(solve, w0: float, target: float, first: tuple) -> tuple[float, 
     return w, result, [[t[0], t[1]] for t in tried]
 
 
+def _auto_match(q: Problem, w: float, x0, first: tuple, x0_is_lsq: bool, solve) -> tuple[float, tuple, dict]:
+    """``lam="auto"``'s misfit match on one sample: ``(damping, (chi, iterations, update), record)``.
+
+    ``first`` is the descent at the rule's damping ``w`` from ``x0``; ``solve(v)`` a full solve at
+    ``v``. The target is the least-squares solution's misfit at ``w`` (``x0`` when it is that
+    start). The record is ``{"target", "path"}``, the ``[damping, misfit]`` pairs tried.
+    """
+    target = relative_residual(q, x0 if x0_is_lsq else cg_solve(q, w)[0])
+    misfit = relative_residual(q, first[0] * q.mask)  # the output's misfit (chi is masked on return)
+    path = [[w, misfit]]
+    vs = q.geometries[0].voxel_size
+    # only on near-isotropic voxels under model error (like iLSQR's floor): elsewhere the ratio does
+    # not single out a haematoma (2 mm slices: healthy heads up to 1.28; the clean benchmark's white
+    # noise: 1.2-3.6 at small dampings, no haematoma)
+    applies = max(vs) <= MATCH_MAX_ANISOTROPY * min(vs) and select.cone_power(q) > select.RHO0
+    if misfit > MISFIT_EXCESS * target and applies:
+        w, first, path = match_misfit(lambda v: _scored(q, solve(v)), w, target, (misfit, first))
+    return w, first, dict(target=target, path=path)
+
+
+def _scored(q: Problem, out: tuple) -> tuple[float, tuple]:
+    """``(misfit of the masked chi, out)`` for a ``descend`` result ``out``."""
+    return relative_residual(q, out[0] * q.mask), out
+
+
 @register("ndi")
 def ndi(
     field,
@@ -180,6 +206,9 @@ def ndi(
     def begin(q, w, x):  # the descent's start: a given state, else per ``start``
         return x if x is not None or start == "zero" else cg_solve(q, w)[0]
 
+    def descend_from(q, wb, v):  # a full solve at damping v, from its own start
+        return descend(q, wb, s, step, v, tol, iterations, begin(q, v, None))
+
     w2 = p.mask
     if magnitude is not None:
         mag = torch.as_tensor(magnitude, device=p.device, dtype=torch.float32)
@@ -205,22 +234,9 @@ def ndi(
         x0 = begin(q, w, chi0)
         chi, k, delta = descend(q, wb, s, step, w, tol, iterations, x0)
         if method == "model":  # the misfit match: NDI leaves no more misfit than iLSQR at the rule's weight
-            target = relative_residual(q, x0 if start == "lsq" else cg_solve(q, w)[0])
-            misfit = relative_residual(q, chi * q.mask)  # the output's misfit (chi is masked on return)
-            path = [[w, misfit]]
-            # only on near-isotropic voxels under model error (like iLSQR's floor): elsewhere the misfit
-            # ratio does not single out a haematoma (2 mm slices: healthy heads up to 1.28; white noise,
-            # the clean benchmark: 1.2-3.6 with small dampings and no haematoma)
-            vs = q.geometries[0].voxel_size
-            if (misfit > MISFIT_EXCESS * target and max(vs) <= MATCH_MAX_ANISOTROPY * min(vs)
-                    and select.cone_power(q) > select.RHO0):  # fmt: skip
-
-                def solve(v, q=q, wb=wb):
-                    out = descend(q, wb, s, step, v, tol, iterations, begin(q, v, None))
-                    return relative_residual(q, out[0] * q.mask), out
-
-                w, (chi, k, delta), path = match_misfit(solve, w, target, (misfit, (chi, k, delta)))
-            matches.append(dict(target=target, path=path))
+            solve = partial(descend_from, q, wb)
+            w, (chi, k, delta), record = _auto_match(q, w, x0, (chi, k, delta), start == "lsq", solve)
+            matches.append(record)
         chis.append(chi)
         stops.append(k)
         deltas.append(delta)
