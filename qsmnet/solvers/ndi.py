@@ -137,22 +137,22 @@ def _auto_match(q: Problem, w: float, x0, first: tuple, x0_is_lsq: bool, solve) 
     ``v``. The target is the least-squares solution's misfit at ``w`` (``x0`` when it is that
     start). The record is ``{"target", "path"}``, the ``[damping, misfit]`` pairs tried.
     """
+
+    def scored(out):  # (misfit of the masked chi, the descent's result): chi is masked on return
+        return relative_residual(q, out[0] * q.mask), out
+
     target = relative_residual(q, x0 if x0_is_lsq else cg_solve(q, w)[0])
-    misfit = relative_residual(q, first[0] * q.mask)  # the output's misfit (chi is masked on return)
+    misfit, _ = scored(first)
     path = [[w, misfit]]
     vs = q.geometries[0].voxel_size
     # only on near-isotropic voxels under model error (like iLSQR's floor): elsewhere the ratio does
     # not single out a haematoma (2 mm slices: healthy heads up to 1.28; the clean benchmark's white
-    # noise: 1.2-3.6 at small dampings, no haematoma)
-    applies = max(vs) <= MATCH_MAX_ANISOTROPY * min(vs) and select.cone_power(q) > select.RHO0
-    if misfit > MISFIT_EXCESS * target and applies:
-        w, first, path = match_misfit(lambda v: _scored(q, solve(v)), w, target, (misfit, first))
+    # noise: 1.2-3.6 at small dampings, no haematoma). The cone power (an FFT) is read last, only
+    # where the match would step.
+    if (misfit > MISFIT_EXCESS * target and max(vs) <= MATCH_MAX_ANISOTROPY * min(vs)
+            and select.cone_power(q) > select.RHO0):  # fmt: skip
+        w, first, path = match_misfit(lambda v: scored(solve(v)), w, target, (misfit, first))
     return w, first, dict(target=target, path=path)
-
-
-def _scored(q: Problem, out: tuple) -> tuple[float, tuple]:
-    """``(misfit of the masked chi, out)`` for a ``descend`` result ``out``."""
-    return relative_residual(q, out[0] * q.mask), out
 
 
 @register("ndi")
